@@ -1,0 +1,3 @@
+from asrv.cli import run
+
+run()

@@ -1,0 +1,228 @@
+"""The audit log: ordered, whole lines, made durable by group commit.
+
+Threads append lines in memory under a short mutex; each line gets a sequence number, and
+the order of sequence numbers is the order of the lines in the file. Nothing is written
+at append time. Whoever first needs a line on disk becomes the *leader*: it takes every
+ready line, writes them with one `write` and makes them durable with one `fdatasync`, then
+publishes `durable_seq`. Lines appended during that sync ride the next one, so under load
+one fsync covers many requests. The leader is always a thread that needed the flush anyway
+(a worker): the log never starts a thread of its own.
+
+A PUT needs its line durable *before* its rename takes effect (write-ahead), and the temp
+file it will rename must be findable from the line after a crash. So a PUT first
+`reserve`s its slot, which fixes the line's end offset in the file; it then renames its temp
+file to a name carrying that offset and `fill`s the slot. A flush never writes past an
+unfilled slot, and fsyncs the root directory before writing a batch that holds filled PUT
+slots, so a durable PUT line always has its renamed temp file durable beside it.
+
+Any write or sync error is fatal: the log records the failure, wakes every waiter with
+`LogFailure`, and accepts nothing more. A request whose line is not durable is never
+acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from asrv.errors import FatalError
+
+
+class LogFailure(FatalError):
+    """The audit log could not be written or synced; nothing more can be acknowledged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A PUT's place in the log: its sequence number and the file offset its line ends at."""
+
+    seq: int
+    end_offset: int
+    length: int
+
+
+class _Slot:
+    __slots__ = ("line", "needs_dir_sync", "seq")
+
+    def __init__(self, seq: int, line: bytes | None) -> None:
+        self.seq = seq
+        self.line = line  # None while reserved and not yet filled
+        self.needs_dir_sync = False
+
+
+class AuditLog:
+    """Group-committed appends to one open file descriptor.
+
+    `fd` is written with plain `write` calls (open it with O_APPEND). `sync_data` chooses
+    whether flushes fdatasync the log (and fsync `dir_fd` for PUT batches); without it a
+    flush only writes, which still keeps the order of lines and effects. `base_offset` is
+    the log's size when the server took it over. `on_progress` is called by the thread that
+    advanced `durable_seq` (or recorded a failure), outside every lock.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        *,
+        sync_data: bool,
+        dir_fd: int | None = None,
+        base_offset: int = 0,
+        on_progress: Callable[[], None] | None = None,
+    ) -> None:
+        self._fd = fd
+        self._sync_data = sync_data
+        self._dir_fd = dir_fd
+        self._on_progress = on_progress
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: deque[_Slot] = deque()
+        self._last_seq = 0
+        self._end_offset = base_offset
+        self._durable_seq = 0
+        self._flushing = False
+        self._failure: LogFailure | None = None
+        self.syncs = 0
+        """How many flushes wrote to the file: the number of fsyncs when `sync_data`."""
+
+    @property
+    def durable_seq(self) -> int:
+        """Every line up to this sequence number is on disk (or written, without sync)."""
+        return self._durable_seq
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the most recent append or reservation."""
+        return self._last_seq
+
+    @property
+    def failure(self) -> LogFailure | None:
+        return self._failure
+
+    def set_progress_callback(self, callback: Callable[[], None] | None) -> None:
+        self._on_progress = callback
+
+    def append(self, line: bytes) -> int:
+        """Queue a whole line and return its sequence number; the line is not yet on disk."""
+        with self._cond:
+            self._check_alive()
+            slot = self._new_slot(line, len(line))
+            return slot.seq
+
+    def reserve(self, line: bytes) -> Reservation:
+        """Take the next place in the log for `line`, to be filled by `fill` later.
+
+        Later lines stay unwritten until this slot is filled, so fill it promptly and
+        always, even when the request fails (with a line of the same length).
+        """
+        with self._cond:
+            self._check_alive()
+            slot = self._new_slot(None, len(line))
+            return Reservation(slot.seq, self._end_offset, len(line))
+
+    def fill(self, reservation: Reservation, line: bytes, *, dir_sync: bool) -> None:
+        """Give a reserved slot its line; `dir_sync` if it renamed a file in the root."""
+        if len(line) != reservation.length:
+            raise ValueError("a reserved line must keep its length (its end offset is fixed)")
+        with self._cond:
+            for slot in self._pending:
+                if slot.seq == reservation.seq:
+                    slot.line = line
+                    slot.needs_dir_sync = dir_sync
+                    break
+            else:
+                raise ValueError(f"no reserved slot {reservation.seq}")
+            # A flush may be waiting for this slot to become ready.
+            self._cond.notify_all()
+
+    def sync(self, seq: int) -> None:
+        """Block until every line up to `seq` is durable, leading flushes as needed."""
+        while True:
+            with self._cond:
+                batch = self._wait_for_turn(seq)
+            if batch is None:
+                return
+            self._write_batch(batch)
+
+    def flush_ready(self) -> None:
+        """Flush the ready lines once, unless another thread is flushing (return at once)."""
+        with self._cond:
+            if self._flushing or self._failure is not None:
+                return
+            batch = self._take_ready()
+        if batch:
+            self._write_batch(batch)
+
+    def _new_slot(self, line: bytes | None, length: int) -> _Slot:
+        self._last_seq += 1
+        self._end_offset += length
+        slot = _Slot(self._last_seq, line)
+        self._pending.append(slot)
+        return slot
+
+    def _check_alive(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _wait_for_turn(self, seq: int) -> list[_Slot] | None:
+        """Under the mutex: None once `seq` is durable, else a batch this thread must write."""
+        while True:
+            self._check_alive()
+            if self._durable_seq >= seq:
+                return None
+            if not self._flushing:
+                batch = self._take_ready()
+                if batch:
+                    return batch
+            # Another thread is flushing, or an earlier reserved slot is not filled yet:
+            # both end with a notify.
+            self._cond.wait()
+
+    def _take_ready(self) -> list[_Slot]:
+        """Under the mutex: the filled slots at the head of the queue, and the lead."""
+        batch: list[_Slot] = []
+        pending = self._pending
+        while pending and pending[0].line is not None:
+            batch.append(pending.popleft())
+        if batch:
+            self._flushing = True
+        return batch
+
+    def _write_batch(self, batch: list[_Slot]) -> None:
+        """As leader, outside the mutex: make `batch` durable, then publish it."""
+        try:
+            needs_dir_sync = any(slot.needs_dir_sync for slot in batch)
+            if self._sync_data and self._dir_fd is not None and needs_dir_sync:
+                # The renamed temp files of these PUTs must be durable before their lines
+                # can be: recovery finds them by the offsets in their names.
+                os.fsync(self._dir_fd)
+            _write_all(self._fd, b"".join(slot.line or b"" for slot in batch))
+            if self._sync_data:
+                os.fdatasync(self._fd)
+        except OSError as error:
+            failure = LogFailure(f"audit log: {error.strerror or error}")
+            with self._cond:
+                self._failure = failure
+                self._flushing = False
+                self._cond.notify_all()
+            self._notify()
+            raise failure from error
+        with self._cond:
+            self._durable_seq = batch[-1].seq
+            self._flushing = False
+            self.syncs += 1
+            self._cond.notify_all()
+        self._notify()
+
+    def _notify(self) -> None:
+        callback = self._on_progress
+        if callback is not None:
+            callback()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -1,0 +1,134 @@
+"""Per-URI reader/writer locks, taken by worker threads around a request's critical step.
+
+`RWLock` is phase-fair enough for a file server: a waiting writer stops new readers from
+entering (so a stream of GETs cannot starve a PUT), and when a writer leaves, every reader
+that queued behind it is admitted as one batch before the next writer (so a stream of PUTs
+cannot starve GETs). `LockTable` hands out one `RWLock` per URI and forgets it when nobody
+holds or waits for it, so the table stays as small as the set of URIs in use.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class RWLock:
+    """A reader/writer lock for threads; neither side can starve the other."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active_readers = 0
+        self._writer_active = False
+        self._waiting_writers = 0
+        self._waiting_readers = 0
+        # Bumped each time a writer leaves and admits the queued readers as a batch; a queued
+        # reader waits for the bump rather than re-checking the state, because by then it
+        # has already been counted as active on its behalf.
+        self._batch = 0
+
+    def acquire_read(self) -> None:
+        with self._cond:
+            if not self._writer_active and self._waiting_writers == 0:
+                self._active_readers += 1
+                return
+            self._waiting_readers += 1
+            batch = self._batch
+            while self._batch == batch:
+                self._cond.wait()
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._active_readers -= 1
+            if self._active_readers == 0:
+                self._cond.notify_all()
+
+    def acquire_write(self) -> None:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer_active or self._active_readers > 0:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer_active = True
+
+    def release_write(self) -> None:
+        with self._cond:
+            self._writer_active = False
+            if self._waiting_readers:
+                self._active_readers += self._waiting_readers
+                self._waiting_readers = 0
+                self._batch += 1
+            self._cond.notify_all()
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        self.acquire_read()
+        try:
+            yield
+        finally:
+            self.release_read()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        self.acquire_write()
+        try:
+            yield
+        finally:
+            self.release_write()
+
+
+class _Entry:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = RWLock()
+        self.users = 0
+
+
+class LockTable:
+    """One `RWLock` per key, created on first use and dropped when no thread needs it.
+
+    The table's own mutex is held only to find or drop an entry, never while waiting for
+    an entry's lock, so a contended URI does not slow down requests for other URIs.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+
+    def __len__(self) -> int:
+        with self._mutex:
+            return len(self._entries)
+
+    @contextmanager
+    def read(self, key: str) -> Iterator[None]:
+        entry = self._checkout(key)
+        try:
+            with entry.lock.read():
+                yield
+        finally:
+            self._checkin(key, entry)
+
+    @contextmanager
+    def write(self, key: str) -> Iterator[None]:
+        entry = self._checkout(key)
+        try:
+            with entry.lock.write():
+                yield
+        finally:
+            self._checkin(key, entry)
+
+    def _checkout(self, key: str) -> _Entry:
+        with self._mutex:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _Entry()
+            entry.users += 1
+            return entry
+
+    def _checkin(self, key: str, entry: _Entry) -> None:
+        with self._mutex:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._entries[key]

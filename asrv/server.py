@@ -1,0 +1,214 @@
+"""`Server`: the dispatcher. Binds, owns the pool, the log and the locks, accepts connections.
+
+Start-up order matters for the thread count: the N workers are started before the socket
+listens, and the socket is bound here (`socket.create_server` on a numeric address, passed
+as `sock=`), never by the loop, because uvloop resolving a host would start libuv's own
+thread pool. Nothing here uses the loop's default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import stat
+from types import TracebackType
+
+from asrv.auditlog import AuditLog
+from asrv.config import Config
+from asrv.connection import Connection, Services
+from asrv.durable import DurabilityGate
+from asrv.errors import FatalError
+from asrv.locks import LockTable
+from asrv.pool import WorkerPool
+from asrv.store import Store
+
+BACKLOG = 1024
+
+
+class StartupError(Exception):
+    """The server cannot start; the message is the one line to show the operator."""
+
+
+class Server:
+    """An asrv server inside the running event loop.
+
+    ``async with Server(config) as server`` binds and starts serving in the background;
+    leaving the block (or ``await server.close()``) stops accepting, finishes requests in
+    flight (bounded by the timeout), makes the log durable and joins the workers.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._resources = contextlib.ExitStack()
+        self._pool = WorkerPool(config.threads)
+        self._log: AuditLog | None = None
+        self._log_fd = -1
+        self._services: Services | None = None
+        self._listener: asyncio.Server | None = None
+        self._connections: dict[Connection, asyncio.Task[None]] = {}
+        self._stopped = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
+        self._failure: FatalError | None = None
+        self._port = 0
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (the real one when the config asked for port 0)."""
+        return self._port
+
+    @property
+    def failure(self) -> FatalError | None:
+        """Why the server stopped serving on its own, if it did."""
+        return self._failure
+
+    @property
+    def audit_log(self) -> AuditLog:
+        assert self._log is not None, "server not started"
+        return self._log
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the root and the log, start the workers, then listen."""
+        try:
+            store = self._start_resources()
+            sock = _bind(self.config.host, self.config.port)
+            self._resources.callback(sock.close)
+            self._port = sock.getsockname()[1]
+            gate = DurabilityGate(store.log, self._pool, self._fail)
+            self._resources.callback(gate.detach)
+            self._services = Services(self.config, self._pool, store, gate, self._fail)
+            self._listener = await asyncio.start_server(
+                self._on_connection, sock=sock, backlog=BACKLOG
+            )
+        except BaseException:
+            self._resources.close()
+            raise
+
+    def _start_resources(self) -> Store:
+        config = self.config
+        try:
+            root_fd = os.open(config.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as error:
+            raise StartupError(f"cannot serve root {config.root}: {error.strerror}") from None
+        self._resources.callback(os.close, root_fd)
+
+        if config.log_is_stderr:
+            log_fd = 2
+        else:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            try:
+                log_fd = os.open(config.log, flags, 0o644)
+            except OSError as error:
+                raise StartupError(f"cannot open log {config.log}: {error.strerror}") from None
+            self._resources.callback(os.close, log_fd)
+        info = os.fstat(log_fd)
+        is_file = stat.S_ISREG(info.st_mode)
+        # A pipe or a terminal cannot be fsync'd: there, lines are only written in order.
+        log = AuditLog(
+            log_fd,
+            sync_data=config.fsync and is_file,
+            dir_fd=root_fd,
+            base_offset=info.st_size if is_file else 0,
+        )
+        self._log = log
+        self._log_fd = log_fd if is_file else -1
+        store = Store(
+            root_fd,
+            log,
+            LockTable(),
+            sync_data=config.fsync,
+            protected=(info.st_dev, info.st_ino) if is_file else None,
+        )
+        self._pool.start()
+        self._resources.callback(self._pool.shutdown)
+        return store
+
+    async def serve_forever(self) -> None:
+        """Wait until the server is closed; raise its `FatalError` if it failed."""
+        await self._stopped.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    async def close(self) -> None:
+        """Stop accepting, finish what is in flight, make the log durable, join workers."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        self._stopped.set()
+        if self._listener is not None:
+            self._listener.close()
+        for connection, task in list(self._connections.items()):
+            if connection.idle:
+                task.cancel()
+        tasks = list(self._connections.values())
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.config.timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        log = self._log
+        if log is not None and log.failure is None:
+            with contextlib.suppress(FatalError, OSError):
+                await self._pool.run(log.sync, log.last_seq)
+                if self._log_fd >= 0:
+                    # Durable at exit even with --no-fsync.
+                    await self._pool.run(os.fsync, self._log_fd)
+        self._resources.close()
+
+    def _fail(self, failure: FatalError) -> None:
+        """Fail-stop: acknowledge nothing more, drop every connection, stop serving."""
+        if self._failure is not None:
+            return
+        self._failure = failure
+        if self._listener is not None:
+            self._listener.close()
+        for connection in list(self._connections):
+            connection.abort()
+        self._stopped.set()
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if self._stopped.is_set():
+            writer.transport.abort()
+            return
+        assert self._services is not None
+        connection = Connection(self._services, reader, writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[connection] = task
+        try:
+            await connection.serve()
+        finally:
+            del self._connections[connection]
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind and listen on a numeric address without any name resolution."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
+    except OverflowError:
+        raise StartupError("Invalid Port") from None
+    except OSError as error:
+        if error.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise StartupError("Invalid Port") from None
+        raise StartupError(f"cannot listen on {host}: {error.strerror}") from None
+    sock.setblocking(False)
+    return sock
