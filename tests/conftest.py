@@ -1,0 +1,175 @@
+"""Shared fixtures: real servers on 127.0.0.1 over real temporary directories.
+
+`running_server` runs `asrv.Server` inside the test's own event loop; `spawn_server` starts
+`python -m asrv` as a separate process, for what only a process can show (its thread count,
+exit status, signals, standard streams).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import uvloop
+
+from asrv import Config, Server
+
+HOST = "127.0.0.1"
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every in-process test runs on both loops a user may choose."""
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@dataclass
+class Site:
+    """A root directory and the audit log beside it."""
+
+    root: Path
+    log: Path
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    root = tmp_path / "root"
+    root.mkdir()
+    return Site(root, tmp_path / "audit.log")
+
+
+ServerFactory = Callable[..., AbstractAsyncContextManager[Server]]
+
+
+@pytest_asyncio.fixture
+async def running_server(site: Site) -> AsyncIterator[ServerFactory]:
+    """A factory: `async with running_server(threads=2) as server:` over `site`."""
+
+    @contextlib.asynccontextmanager
+    async def start(**options: Any) -> AsyncIterator[Server]:
+        options.setdefault("root", site.root)
+        options.setdefault("log", str(site.log))
+        options.setdefault("host", HOST)
+        options.setdefault("port", 0)
+        async with Server(Config(**options)) as server:
+            yield server
+
+    yield start
+
+
+async def exchange(port: int, data: bytes, *, shutdown: bool = False) -> bytes:
+    """Send `data` on a new connection and return everything the server sends back."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        if shutdown:
+            writer.write_eof()
+        return await asyncio.wait_for(reader.read(), timeout=30)
+    finally:
+        writer.close()
+
+
+async def get(port: int, name: str, request_id: int | str | None = None) -> bytes:
+    rid = f"Request-Id: {request_id}\r\n" if request_id is not None else ""
+    return await exchange(port, f"GET /{name} HTTP/1.1\r\n{rid}\r\n".encode())
+
+
+async def put(port: int, name: str, body: bytes, request_id: int | str | None = None) -> bytes:
+    rid = f"Request-Id: {request_id}\r\n" if request_id is not None else ""
+    head = f"PUT /{name} HTTP/1.1\r\nContent-Length: {len(body)}\r\n{rid}\r\n".encode()
+    return await exchange(port, head + body)
+
+
+def response(code: int, phrase: str, body: bytes | None = None, *, close: bool = False) -> bytes:
+    """The exact bytes of a response (default body: the phrase and a newline)."""
+    if body is None:
+        body = f"{phrase}\n".encode()
+    connection = "Connection: close\r\n" if close else ""
+    head = f"HTTP/1.1 {code} {phrase}\r\nContent-Length: {len(body)}\r\n{connection}\r\n"
+    return head.encode() + body
+
+
+def split_response(data: bytes) -> tuple[int, bytes]:
+    """(status code, body) of one whole response; fails if the framing is off."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    match = re.fullmatch(rb"HTTP/1\.1 (\d{3}) [A-Za-z ]+\r\nContent-Length: (\d+)", head)
+    assert match is not None, data[:200]
+    assert len(body) == int(match[2]), (len(body), head)
+    return int(match[1]), body
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[bytes]
+    port: int
+    first_line: str
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def threads(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/task"))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        return self.popen.wait(timeout)
+
+
+@pytest.fixture
+def spawn_server(site: Site) -> Iterator[Callable[..., Process]]:
+    """Start `python -m asrv` on a free port; every process is ended by its PID."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(*args: str, diagnostics: str = "stderr") -> Process:
+        argv = [sys.executable, "-m", "asrv", "--host", HOST, "--root", str(site.root)]
+        if "-l" not in args and "--log" not in args:
+            argv += ["--log", str(site.log)]
+        argv += [*args]
+        if not any(arg.isdigit() for arg in args):
+            argv.append("0")
+        popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started.append(popen)
+        stream = popen.stderr if diagnostics == "stderr" else popen.stdout
+        assert stream is not None
+        line = stream.readline().decode()
+        match = re.search(r"listening on http://[^ ]+:(\d+) ", line)
+        assert match is not None, (line, popen.poll())
+        return Process(popen, int(match[1]), line)
+
+    yield spawn
+    for popen in started:
+        if popen.poll() is None:
+            popen.kill()
+        popen.wait(30)
+        for stream in (popen.stdout, popen.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()

@@ -1,0 +1,139 @@
+"""Every error response over a real socket, byte for byte, with what the log says of it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.conftest import ServerFactory, Site, exchange, response
+
+pytestmark = pytest.mark.asyncio
+
+BAD = response(400, "Bad Request")
+FORBIDDEN = response(403, "Forbidden")
+NOT_FOUND = response(404, "Not Found")
+NOT_IMPLEMENTED = response(501, "Not Implemented")
+VERSION = response(505, "Version Not Supported")
+
+# (request bytes, expected response, expected log line or None when nothing is logged)
+CASES: list[tuple[bytes, bytes, str | None]] = [
+    # Request-line syntax: 400, nothing logged (there is no request line to log).
+    (b"GET /a.txt\r\n\r\n", BAD, None),
+    (b"GET a.txt HTTP/1.1\r\n\r\n", BAD, None),
+    (b"GET /a_b HTTP/1.1\r\n\r\n", BAD, None),
+    (b"GET /" + b"a" * 64 + b" HTTP/1.1\r\n\r\n", BAD, None),
+    (b"GETTINGSS /a HTTP/1.1\r\n\r\n", BAD, None),
+    (b"GET  /a HTTP/1.1\r\n\r\n", BAD, None),
+    (b"GET /a HTTP/1.1 \r\n\r\n", BAD, None),
+    (b"GET /a HTTP/11\r\n\r\n", BAD, None),
+    (b"G3T /a HTTP/1.1\r\n\r\n", BAD, None),
+    (b"\r\n\r\n", BAD, None),
+    # A bad request line wins over everything else, even a bad version and bad headers.
+    (b"GET /a_b HTTP/1.0\r\nbad header\r\n\r\n", BAD, None),
+    # Version: 505, logged, and it wins over bad headers and a missing Content-Length.
+    (b"GET /a HTTP/1.0\r\nRequest-Id: 7\r\n\r\n", VERSION, "GET,/a,505,7"),
+    (b"PUT /a HTTP/2.0\r\nbad header\r\n\r\n", VERSION, "PUT,/a,505,0"),
+    (b"FETCH /a HTTP/1.0\r\n\r\n", VERSION, "FETCH,/a,505,0"),
+    # Header syntax: 400, logged.
+    (b"GET /a HTTP/1.1\r\nHost:x\r\n\r\n", BAD, "GET,/a,400,0"),
+    (b"GET /a HTTP/1.1\r\nHo st: x\r\n\r\n", BAD, "GET,/a,400,0"),
+    (b"GET /a HTTP/1.1\r\nHost: \r\n\r\n", BAD, "GET,/a,400,0"),
+    (b"GET /a HTTP/1.1\r\nHost: " + b"x" * 129 + b"\r\n\r\n", BAD, "GET,/a,400,0"),
+    (b"GET /a HTTP/1.1\r\n" + b"k" * 129 + b": v\r\n\r\n", BAD, "GET,/a,400,0"),
+    (b"GET /a HTTP/1.1\r\nHost: \x7f\r\n\r\n", BAD, "GET,/a,400,0"),
+    (b"GET /a HTTP/1.1\r\nRequest-Id: 1,2\r\n\r\n", BAD, "GET,/a,400,0"),
+    (b"DELETE /a HTTP/1.1\r\nbad\r\n\r\n", BAD, "DELETE,/a,400,0"),
+    # Content-Length: 400, logged, before the method's 501.
+    (b"PUT /a HTTP/1.1\r\nRequest-Id: 3\r\n\r\n", BAD, "PUT,/a,400,3"),
+    (b"PUT /a HTTP/1.1\r\nContent-Length: -1\r\n\r\n", BAD, "PUT,/a,400,0"),
+    (b"PUT /a HTTP/1.1\r\nContent-Length: 1 \r\n\r\n", BAD, "PUT,/a,400,0"),
+    (b"PUT /a HTTP/1.1\r\nContent-Length: " + b"1" * 20 + b"\r\n\r\n", BAD, "PUT,/a,400,0"),
+    (b"GET /a HTTP/1.1\r\nContent-Length: x\r\n\r\n", BAD, "GET,/a,400,0"),
+    (b"POST /a HTTP/1.1\r\nContent-Length: 0x1\r\n\r\n", BAD, "POST,/a,400,0"),
+    # Method: 501, logged verbatim (methods are case-sensitive).
+    (b"DELETE /a HTTP/1.1\r\nRequest-Id: 5\r\n\r\n", NOT_IMPLEMENTED, "DELETE,/a,501,5"),
+    (b"get /a HTTP/1.1\r\n\r\n", NOT_IMPLEMENTED, "get,/a,501,0"),
+    (b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", NOT_IMPLEMENTED, "POST,/a,501,0"),
+    # Files.
+    (b"GET /missing HTTP/1.1\r\nRequest-Id: x y\r\n\r\n", NOT_FOUND, "GET,/missing,404,x y"),
+    (b"GET /. HTTP/1.1\r\n\r\n", FORBIDDEN, "GET,/.,403,0"),
+    (b"GET /.. HTTP/1.1\r\n\r\n", FORBIDDEN, "GET,/..,403,0"),
+    (b"GET /dir HTTP/1.1\r\n\r\n", FORBIDDEN, "GET,/dir,403,0"),
+    (b"GET /link HTTP/1.1\r\n\r\n", FORBIDDEN, "GET,/link,403,0"),
+    (b"GET /fifo HTTP/1.1\r\n\r\n", FORBIDDEN, "GET,/fifo,403,0"),
+    (b"GET /audit.log HTTP/1.1\r\n\r\n", FORBIDDEN, "GET,/audit.log,403,0"),
+    (b"PUT /dir HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", FORBIDDEN, "PUT,/dir,403,0"),
+    (b"PUT /link HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", FORBIDDEN, "PUT,/link,403,0"),
+    (b"PUT /audit.log HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", FORBIDDEN, "PUT,/audit.log,403,0"),
+    (b"PUT /.. HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", FORBIDDEN, "PUT,/..,403,0"),
+]
+
+
+@pytest.fixture
+def hostile_root(site: Site) -> Site:
+    """A root holding a directory, a symlink, a FIFO, and the audit log itself."""
+    (site.root / "dir").mkdir()
+    (site.root / "target").write_bytes(b"secret")
+    os.symlink("target", site.root / "link")
+    os.mkfifo(site.root / "fifo")
+    return Site(site.root, site.root / "audit.log")
+
+
+@pytest.mark.parametrize(("request_bytes", "expected", "line"), CASES)
+async def test_error_responses(
+    hostile_root: Site,
+    running_server: ServerFactory,
+    request_bytes: bytes,
+    expected: bytes,
+    line: str | None,
+) -> None:
+    async with running_server(log=str(hostile_root.log)) as server:
+        assert await exchange(server.port, request_bytes) == expected
+    assert hostile_root.log_lines() == ([line] if line else [])
+    assert (hostile_root.root / "target").read_bytes() == b"secret"
+    assert (hostile_root.root / "dir").is_dir()
+    assert os.readlink(hostile_root.root / "link") == "target"
+
+
+def head_of_size(size: int) -> bytes:
+    """A valid GET head of exactly `size` bytes, padded with legal header fields."""
+    head = b"GET /a HTTP/1.1\r\n"
+    remaining = size - len(head) - len(b"\r\n")
+    while remaining > 133:
+        head += b"X: " + b"v" * 100 + b"\r\n"
+        remaining -= 105
+    head += b"X: " + b"v" * (remaining - 5) + b"\r\n\r\n"
+    assert len(head) == size
+    return head
+
+
+async def test_head_limit_is_2048_bytes(site: Site, running_server: ServerFactory) -> None:
+    (site.root / "a").write_bytes(b"A")
+    async with running_server() as server:
+        assert await exchange(server.port, head_of_size(2048)) == response(200, "OK", b"A")
+        assert await exchange(server.port, head_of_size(2049)) == BAD
+        assert await exchange(server.port, b"G" * 5000) == BAD
+    assert site.log_lines() == ["GET,/a,200,0", "GET,/a,400,0"]
+
+
+async def test_headers_are_case_insensitive_and_last_wins(
+    site: Site, running_server: ServerFactory
+) -> None:
+    async with running_server() as server:
+        answer = await exchange(
+            server.port,
+            b"PUT /h HTTP/1.1\r\ncontent-length: 99\r\nCONTENT-LENGTH: 2\r\n"
+            b"request-id: a\r\nREQUEST-ID: b\r\n\r\nhi",
+        )
+    assert answer == response(201, "Created")
+    assert (site.root / "h").read_bytes() == b"hi"
+    assert site.log_lines() == ["PUT,/h,201,b"]
+
+
+async def test_nothing_logged_for_a_silent_connection(
+    site: Site, running_server: ServerFactory
+) -> None:
+    async with running_server() as server:
+        assert await exchange(server.port, b"", shutdown=True) == b""
+    assert site.log_lines() == []

@@ -1,0 +1,283 @@
+"""The whole server over real sockets: the examples of the contract, and its guarantees."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from tests.conftest import HOST, ServerFactory, Site, exchange, get, put, response, split_response
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_sequential_get_get_put_get_with_exact_log(
+    site: Site, running_server: ServerFactory
+) -> None:
+    (site.root / "a.txt").write_bytes(b"hello\n")
+    async with running_server(threads=4) as server:
+        port = server.port
+        assert await get(port, "a.txt", 1) == response(200, "OK", b"hello\n")
+        assert await get(port, "b.txt", 2) == response(404, "Not Found")
+        assert await put(port, "b.txt", b"new\n", 3) == response(201, "Created")
+        assert await get(port, "b.txt", 4) == response(200, "OK", b"new\n")
+        assert await put(port, "b.txt", b"newer\n", 5) == response(200, "OK")
+        assert await get(port, "b.txt") == response(200, "OK", b"newer\n")
+    assert site.log_lines() == [
+        "GET,/a.txt,200,1",
+        "GET,/b.txt,404,2",
+        "PUT,/b.txt,201,3",
+        "GET,/b.txt,200,4",
+        "PUT,/b.txt,200,5",
+        "GET,/b.txt,200,0",
+    ]
+    assert (site.root / "b.txt").read_bytes() == b"newer\n"
+
+
+async def test_three_concurrent_gets_with_two_workers(
+    site: Site, running_server: ServerFactory
+) -> None:
+    for name in ("x", "y", "z"):
+        (site.root / name).write_bytes(name.encode() * 1000)
+    async with running_server(threads=2) as server:
+        answers = await asyncio.gather(
+            *(get(server.port, name, i) for i, name in enumerate(("x", "y", "z")))
+        )
+    for name, answer in zip(("x", "y", "z"), answers, strict=True):
+        assert answer == response(200, "OK", name.encode() * 1000)
+    assert sorted(site.log_lines()) == ["GET,/x,200,0", "GET,/y,200,1", "GET,/z,200,2"]
+
+
+async def test_concurrent_get_and_put_of_absent_file_agree_with_log(
+    site: Site, running_server: ServerFactory
+) -> None:
+    rounds = 40
+    async with running_server(threads=4) as server:
+        outcomes = []
+        for i in range(rounds):
+            name = f"f{i}"
+            got, putted = await asyncio.gather(
+                get(server.port, name, f"g{i}"), put(server.port, name, b"data", f"p{i}")
+            )
+            outcomes.append((name, got, putted))
+    lines = site.log_lines()
+    for name, got, putted in outcomes:
+        assert putted == response(201, "Created")
+        i = name[1:]
+        get_line = next(n for n, line in enumerate(lines) if line.endswith(f",g{i}"))
+        put_line = lines.index(f"PUT,/{name},201,p{i}")
+        if get_line < put_line:
+            assert got == response(404, "Not Found")
+            assert lines[get_line] == f"GET,/{name},404,g{i}"
+        else:
+            assert got == response(200, "OK", b"data")
+            assert lines[get_line] == f"GET,/{name},200,g{i}"
+
+
+async def test_atomic_put_racing_gets(site: Site, running_server: ServerFactory) -> None:
+    writers, readers = 24, 48
+    bodies = {f"w{i}": (f"<{i}>".encode() * (2000 + 37 * i)) for i in range(writers)}
+    async with running_server(threads=4) as server:
+        port = server.port
+
+        async def reader(i: int) -> tuple[str, bytes]:
+            await asyncio.sleep(0.001 * (i % 8))
+            return f"r{i}", await get(port, "shared", f"r{i}")
+
+        results = await asyncio.gather(
+            *(put(port, "shared", body, rid) for rid, body in bodies.items()),
+            *(reader(i) for i in range(readers)),
+        )
+    gets = dict(r for r in results if isinstance(r, tuple))
+    lines = site.log_lines()
+    assert len(lines) == writers + readers
+    current: bytes | None = None
+    for line in lines:
+        method, uri, status, rid = line.split(",")
+        assert uri == "/shared"
+        if method == "PUT":
+            assert status == ("201" if current is None else "200")
+            current = bodies[rid]
+        else:
+            # Every GET saw exactly the content the log order says it saw: whole, not mixed.
+            if current is None:
+                assert status == "404"
+                assert gets[rid] == response(404, "Not Found")
+            else:
+                assert status == "200"
+                assert gets[rid] == response(200, "OK", current)
+    assert (site.root / "shared").read_bytes() == current
+    assert [p.name for p in site.root.iterdir()] == ["shared"], "temp files left behind"
+
+
+async def test_expect_100_continue(site: Site, running_server: ServerFactory) -> None:
+    async with running_server() as server:
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"PUT /c HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readexactly(25), 10)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"abc")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == response(201, "Created")
+        writer.close()
+    assert (site.root / "c").read_bytes() == b"abc"
+
+
+async def test_connection_close_is_echoed(site: Site, running_server: ServerFactory) -> None:
+    (site.root / "a").write_bytes(b"A")
+    async with running_server() as server:
+        answer = await exchange(server.port, b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert answer == response(200, "OK", b"A", close=True)
+
+
+async def test_get_body_is_read_and_ignored(site: Site, running_server: ServerFactory) -> None:
+    (site.root / "a").write_bytes(b"A")
+    async with running_server() as server:
+        answer = await exchange(
+            server.port, b"GET /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nxxxxxtrailing junk"
+        )
+    assert answer == response(200, "OK", b"A")
+    assert site.log_lines() == ["GET,/a,200,0"]
+
+
+async def test_large_files_stream_both_ways(site: Site, running_server: ServerFactory) -> None:
+    body = os.urandom(5 * 1024 * 1024 + 123)
+    async with running_server(threads=2) as server:
+        assert await put(server.port, "big.bin", body, 1) == response(201, "Created")
+        code, received = split_response(await get(server.port, "big.bin", 2))
+    assert code == 200
+    assert received == body
+    assert (site.root / "big.bin").read_bytes() == body
+    assert site.log_lines() == ["PUT,/big.bin,201,1", "GET,/big.bin,200,2"]
+
+
+async def test_empty_put_and_get(site: Site, running_server: ServerFactory) -> None:
+    async with running_server() as server:
+        assert await put(server.port, "empty", b"") == response(201, "Created")
+        assert await get(server.port, "empty") == response(200, "OK", b"")
+    assert (site.root / "empty").read_bytes() == b""
+
+
+async def test_stalled_upload_does_not_delay_put_or_get_of_same_file(
+    site: Site, running_server: ServerFactory
+) -> None:
+    (site.root / "f").write_bytes(b"old")
+    async with running_server(threads=1, timeout=30) as server:
+        stalled_reader, stalled = await asyncio.open_connection(HOST, server.port)
+        stalled.write(b"PUT /f HTTP/1.1\r\nContent-Length: 1000\r\n\r\npartial")
+        await stalled.drain()
+        await asyncio.sleep(0.2)
+        # The stalled upload holds no lock and no worker: both of these complete at once.
+        assert await asyncio.wait_for(put(server.port, "f", b"new", 2), 5) == response(200, "OK")
+        assert await asyncio.wait_for(get(server.port, "f", 3), 5) == response(200, "OK", b"new")
+        stalled.close()
+        # The abandoned upload changes nothing.
+        assert await asyncio.wait_for(stalled_reader.read(), 10) in (
+            b"",
+            response(400, "Bad Request"),
+        )
+    assert (site.root / "f").read_bytes() == b"new"
+    assert sorted(p.name for p in site.root.iterdir()) == ["f"]
+
+
+async def test_slow_reader_delays_neither_readers_nor_writers(
+    site: Site, running_server: ServerFactory
+) -> None:
+    old = os.urandom(16 * 1024 * 1024)
+    (site.root / "f").write_bytes(old)
+    async with running_server(threads=1, timeout=60) as server:
+        slow_reader, slow = await asyncio.open_connection(HOST, server.port, limit=1024)
+        slow.write(b"GET /f HTTP/1.1\r\n\r\n")
+        await slow.drain()
+        head = await asyncio.wait_for(slow_reader.readuntil(b"\r\n\r\n"), 10)
+        assert head == f"HTTP/1.1 200 OK\r\nContent-Length: {len(old)}\r\n\r\n".encode()
+        # The slow client reads nothing more for now; others go ahead.
+        code, body = split_response(await asyncio.wait_for(get(server.port, "f"), 20))
+        assert (code, body == old) == (200, True)
+        assert await asyncio.wait_for(put(server.port, "f", b"new"), 20) == response(200, "OK")
+        assert await asyncio.wait_for(get(server.port, "f"), 20) == response(200, "OK", b"new")
+        # And the slow reader still gets the old content, whole.
+        rest = await asyncio.wait_for(slow_reader.read(), 60)
+        assert rest == old
+        slow.close()
+
+
+async def test_idle_connections_do_not_starve_one_worker(
+    site: Site, running_server: ServerFactory
+) -> None:
+    (site.root / "a").write_bytes(b"A")
+    async with running_server(threads=1, timeout=30) as server:
+        idle = [await asyncio.open_connection(HOST, server.port) for _ in range(20)]
+        for _, writer in idle[:10]:
+            writer.write(b"GET /a HT")  # half a request line
+            await writer.drain()
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(get(server.port, "a", i) for i in range(10))), 10
+        )
+        assert answers == [response(200, "OK", b"A")] * 10
+        for _, writer in idle:
+            writer.close()
+
+
+async def test_stalled_request_gets_400_after_timeout(
+    site: Site, running_server: ServerFactory
+) -> None:
+    async with running_server(timeout=0.5) as server:
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == response(400, "Bad Request")
+        writer.close()
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"PUT /p HTTP/1.1\r\nContent-Length: 10\r\nRequest-Id: 9\r\n\r\nabc")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == response(400, "Bad Request")
+        writer.close()
+    # Both request lines parsed, so both are logged; the cut-short PUT changed nothing.
+    assert site.log_lines() == ["GET,/a,400,0", "PUT,/p,400,9"]
+    assert list(site.root.iterdir()) == []
+
+
+async def test_cut_short_put_changes_nothing(site: Site, running_server: ServerFactory) -> None:
+    (site.root / "f").write_bytes(b"old")
+    async with running_server() as server:
+        for size in (100, 1024 * 1024):
+            head = f"PUT /f HTTP/1.1\r\nContent-Length: {size}\r\n\r\n".encode()
+            answer = await exchange(server.port, head + b"x" * (size // 2), shutdown=True)
+            assert answer == response(400, "Bad Request")
+    assert (site.root / "f").read_bytes() == b"old"
+    assert sorted(p.name for p in site.root.iterdir()) == ["f"]
+    assert site.log_lines() == ["PUT,/f,400,0", "PUT,/f,400,0"]
+
+
+async def test_many_clients_interleaved(site: Site, running_server: ServerFactory) -> None:
+    async with running_server(threads=3) as server:
+        port = server.port
+
+        seen: dict[str, tuple[int, bytes]] = {}
+
+        async def client(i: int) -> None:
+            name = f"c{i % 5}"
+            for j in range(10):
+                body = f"{i}-{j}".encode()
+                seen[f"{i}.{j}p"] = split_response(await put(port, name, body, f"{i}.{j}p"))
+                seen[f"{i}.{j}g"] = split_response(await get(port, name, f"{i}.{j}g"))
+
+        await asyncio.gather(*(client(i) for i in range(20)))
+    lines = site.log_lines()
+    assert len(lines) == 400
+    # Replay the log against a model of the root: every response is what a single-threaded
+    # server would have sent, processing the requests in log order.
+    model: dict[str, bytes] = {}
+    for line in lines:
+        method, uri, status, rid = line.split(",")
+        if method == "PUT":
+            expected = (200, b"OK\n") if uri in model else (201, b"Created\n")
+            i, j = rid[:-1].split(".")
+            model[uri] = f"{i}-{j}".encode()
+        else:
+            expected = (200, model[uri])
+        assert seen[rid] == expected, line
+        assert status == str(expected[0])
