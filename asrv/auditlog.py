@@ -145,15 +145,6 @@ class AuditLog:
                 return
             self._write_batch(batch)
 
-    def flush_ready(self) -> None:
-        """Flush the ready lines once, unless another thread is flushing (return at once)."""
-        with self._cond:
-            if self._flushing or self._failure is not None:
-                return
-            batch = self._take_ready()
-        if batch:
-            self._write_batch(batch)
-
     def _new_slot(self, line: bytes | None, length: int) -> _Slot:
         self._last_seq += 1
         self._end_offset += length

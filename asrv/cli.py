@@ -169,6 +169,12 @@ async def _serve(config: Config, diagnostics: TextIO, loop_name: str) -> int:
     finally:
         await server.close()
         sys.stderr = saved_stderr
+    log = server.audit_log
+    print(
+        f"asrv: stopped after {log.last_seq} requests logged in {log.syncs} log flushes",
+        file=diagnostics,
+        flush=True,
+    )
     return EXIT_OK
 
 

@@ -104,9 +104,6 @@ class Store:
         with self._locks.read(line.filename):
             result = self._open_for_get(line.filename)
             result.seq = self.log.append(log_entry(line, result.status, request_id))
-        # Start a group commit now if nobody is syncing: often this line is durable before
-        # the loop even sees the result, without a second executor hop.
-        self.log.flush_ready()
         return result
 
     def new_upload(self) -> Upload:
