@@ -154,6 +154,8 @@ async def _serve(config: Config, diagnostics: TextIO, loop_name: str) -> int:
         sys.stderr = sys.stdout
     try:
         _install_signal_handlers(server)
+        if server.recovery:
+            print(f"asrv: {server.recovery.describe()}", file=diagnostics, flush=True)
         print(
             f"asrv {__version__}: listening on http://{_format_host(config.host)}:{server.port} "
             f"(root {config.root.resolve()}, {config.threads} workers, log "

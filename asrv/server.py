@@ -23,6 +23,7 @@ from asrv.durable import DurabilityGate
 from asrv.errors import FatalError
 from asrv.locks import LockTable
 from asrv.pool import WorkerPool
+from asrv.recovery import RecoveryReport, recover
 from asrv.store import Store
 
 BACKLOG = 1024
@@ -53,6 +54,8 @@ class Server:
         self._closing: asyncio.Task[None] | None = None
         self._failure: FatalError | None = None
         self._port = 0
+        self.recovery = RecoveryReport()
+        """What start-up recovery found and settled (false when there was nothing)."""
 
     @property
     def port(self) -> int:
@@ -82,7 +85,7 @@ class Server:
         await self.close()
 
     async def start(self) -> None:
-        """Open the root and the log, start the workers, then listen."""
+        """Open the root and the log, recover from a crash, start the workers, then listen."""
         try:
             store = self._start_resources()
             sock = _bind(self.config.host, self.config.port)
@@ -109,12 +112,17 @@ class Server:
         if config.log_is_stderr:
             log_fd = 2
         else:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            # Readable too: recovery reads the log's tail to match temp files to lines.
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
             try:
                 log_fd = os.open(config.log, flags, 0o644)
             except OSError as error:
                 raise StartupError(f"cannot open log {config.log}: {error.strerror}") from None
             self._resources.callback(os.close, log_fd)
+        try:
+            self.recovery = recover(root_fd, None if config.log_is_stderr else log_fd)
+        except OSError as error:
+            raise StartupError(f"cannot recover {config.root}: {error}") from None
         info = os.fstat(log_fd)
         is_file = stat.S_ISREG(info.st_mode)
         # A pipe or a terminal cannot be fsync'd: there, lines are only written in order.

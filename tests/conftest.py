@@ -121,6 +121,7 @@ class Process:
     popen: subprocess.Popen[bytes]
     port: int
     first_line: str
+    earlier_lines: list[str]
 
     @property
     def pid(self) -> int:
@@ -151,10 +152,13 @@ def spawn_server(site: Site) -> Iterator[Callable[..., Process]]:
         started.append(popen)
         stream = popen.stderr if diagnostics == "stderr" else popen.stdout
         assert stream is not None
-        line = stream.readline().decode()
-        match = re.search(r"listening on http://[^ ]+:(\d+) ", line)
-        assert match is not None, (line, popen.poll())
-        return Process(popen, int(match[1]), line)
+        seen = []
+        for _ in range(3):  # a recovery report may come before the listening line
+            seen.append(stream.readline().decode())
+            match = re.search(r"listening on http://[^ ]+:(\d+) ", seen[-1])
+            if match is not None:
+                return Process(popen, int(match[1]), seen[-1], seen[:-1])
+        raise AssertionError((seen, popen.poll()))
 
     yield spawn
     for popen in started:
