@@ -153,23 +153,25 @@ async def _serve(config: Config, diagnostics: TextIO, loop_name: str) -> int:
     if config.log_is_stderr:
         sys.stderr = sys.stdout
     try:
-        _install_signal_handlers(server)
-        if server.recovery:
-            print(f"asrv: {server.recovery.describe()}", file=diagnostics, flush=True)
-        print(
-            f"asrv {__version__}: listening on http://{_format_host(config.host)}:{server.port} "
-            f"(root {config.root.resolve()}, {config.threads} workers, log "
-            f"{'stderr' if config.log_is_stderr else config.log}, "
-            f"fsync {'on' if config.fsync else 'off'}, loop {loop_name})",
-            file=diagnostics,
-            flush=True,
-        )
-        await server.serve_forever()
+        try:
+            _install_signal_handlers(server)
+            if server.recovery:
+                print(f"asrv: {server.recovery.describe()}", file=diagnostics, flush=True)
+            print(
+                f"asrv {__version__}: listening on http://{_format_host(config.host)}:"
+                f"{server.port} (root {config.root.resolve()}, {config.threads} workers, log "
+                f"{'stderr' if config.log_is_stderr else config.log}, "
+                f"fsync {'on' if config.fsync else 'off'}, loop {loop_name})",
+                file=diagnostics,
+                flush=True,
+            )
+            await server.serve_forever()
+        finally:
+            await server.close()
     except FatalError as error:
         print(f"asrv: stopped: {error}", file=diagnostics, flush=True)
         return EXIT_FATAL
     finally:
-        await server.close()
         sys.stderr = saved_stderr
     log = server.audit_log
     print(

@@ -35,10 +35,11 @@ from asrv.http import (
     oversized_head_error,
     parse_head,
     parse_request_line,
+    request_id_of_partial_head,
     response_head,
 )
 from asrv.pool import WorkerPool
-from asrv.store import GetResult, Store, Upload
+from asrv.store import GetResult, PutResult, Store, Upload
 
 CHUNK = 256 * 1024
 """Most bytes read from a socket, or a file, in one step: the per-connection memory bound."""
@@ -53,6 +54,8 @@ class Services:
     store: Store
     gate: DurabilityGate
     on_fatal: Callable[[FatalError], None]
+    stopping: asyncio.Event
+    """Set when the server shuts down: finish the current request, then close."""
 
 
 class _ClientGone(Exception):
@@ -108,12 +111,17 @@ class Connection:
                 error.status, error.line, error.request_id, close_requested=error.connection_close
             )
             return False
-        keep = self._config.keep_alive and not request.connection_close
         if request.method is Method.PUT:
-            status = await self._put(request, keep)
-        else:
-            status = await self._get(request, keep)
-        return keep and status is not None
+            return await self._put(request)
+        return await self._get(request)
+
+    def _keeps_open(self, request: Request) -> bool:
+        """Decided as the response goes out: a shutdown that began meanwhile closes too."""
+        return (
+            self._config.keep_alive
+            and not request.connection_close
+            and not self._services.stopping.is_set()
+        )
 
     async def _read_head(self) -> bytes | None:
         """The next request head, or None if the client closed (or, between keep-alive
@@ -133,26 +141,32 @@ class Connection:
             if len(buffer) >= MAX_HEAD:
                 raise oversized_head_error(buffer)
             try:
-                data = await self._receive()
+                data = await self._read_socket(CHUNK)
             except TimeoutError:
                 if not buffer and self._requests:
                     return None
-                raise HttpError(Status.BAD_REQUEST, line) from None
+                raise self._incomplete_head(line) from None
             if not data:
                 if not buffer:
                     return None
-                raise HttpError(Status.BAD_REQUEST, line)
+                raise self._incomplete_head(line)
             self.idle = False
             self._buffer = buffer + data
 
-    async def _receive(self, limit: int = CHUNK) -> bytes:
-        """Buffered bytes first, else one read from the socket; b"" at EOF (or reset).
+    def _incomplete_head(self, line: RequestLine | None) -> HttpError:
+        """The 400 for a head the client stopped sending (it is logged if its line parsed)."""
+        return HttpError(Status.BAD_REQUEST, line, request_id_of_partial_head(self._buffer))
 
-        Raises TimeoutError if the client sends nothing for `timeout` seconds.
-        """
+    async def _receive(self, limit: int) -> bytes:
+        """Bytes already buffered (read past a head), else one read from the socket."""
         if self._buffer:
             data, self._buffer = self._buffer[:limit], self._buffer[limit:]
             return data
+        return await self._read_socket(limit)
+
+    async def _read_socket(self, limit: int) -> bytes:
+        """One read from the socket: b"" at EOF or reset; TimeoutError after `timeout` of
+        silence."""
         try:
             async with asyncio.timeout(self._config.timeout):
                 return await self._reader.read(limit)
@@ -181,20 +195,18 @@ class Connection:
                     await outcome
         return True
 
-    async def _get(self, request: Request, keep: bool) -> Status | None:
-        """Serve a GET; its status, or None if the request ended early (close after)."""
+    async def _get(self, request: Request) -> bool:
+        """Serve a GET; True if the connection stays open for another request."""
         line, request_id = request.line, request.request_id
-        close_requested = request.connection_close
         if request.content_length and not await self._read_body(request.content_length, None):
-            await self._respond(Status.BAD_REQUEST, line, request_id, close_requested)
-            return None
-        services = self._services
-        result = await services.pool.run(
-            services.store.get, line, request_id, discard=_close_result
-        )
+            await self._respond(Status.BAD_REQUEST, line, request_id, request.connection_close)
+            return False
+        pool = self._services.pool
+        result = await pool.run(self._services.store.get, line, request_id, discard=_close_fd)
         try:
-            await services.gate.wait(result.seq)
-            close = self._announce_close(close_requested, keep)
+            await self._services.gate.wait(result.seq)
+            keep = self._keeps_open(request)
+            close = self._announce_close(request.connection_close, keep)
             if result.fd is None:
                 body = result.body
                 await self._send(response_head(result.status, len(body), close=close) + body)
@@ -202,8 +214,11 @@ class Connection:
                 await self._send(response_head(result.status, result.size, close=close))
                 await self._stream(result.fd, result.size)
         finally:
-            _close_result(result)
-        return result.status
+            if result.fd is not None:
+                # Through the pool: if a PUT replaced the file meanwhile, this close frees
+                # the old inode, which can take long for a big file.
+                await asyncio.shield(pool.run(os.close, result.fd))
+        return keep
 
     async def _stream(self, fd: int, size: int) -> None:
         """Send `size` bytes of `fd`, one pool job per chunk, pacing on the client."""
@@ -217,37 +232,57 @@ class Connection:
             offset += len(data)
             await self._send(data)
 
-    async def _put(self, request: Request, keep: bool) -> Status | None:
-        """Serve a PUT; its status, or None if the request ended early (close after)."""
+    async def _put(self, request: Request) -> bool:
+        """Serve a PUT; True if the connection stays open for another request."""
         line, request_id = request.line, request.request_id
-        close_requested = request.connection_close
         length = request.content_length or 0
-        services = self._services
-        store = services.store
         if request.expect_continue:
-            await self._send(CONTINUE)
+            try:
+                await self._send(CONTINUE)
+            except (_ClientGone, ConnectionError):
+                # Gone before its body: logged as the 400 it would have been sent.
+                await self._record(Status.BAD_REQUEST, line, request_id)
+                raise
         if length <= CHUNK:
             parts: list[bytes] = []
-            if not await self._read_body(length, parts.append):
-                await self._respond(Status.BAD_REQUEST, line, request_id, close_requested)
-                return None
-            result = await services.pool.run(store.put_body, line, request_id, b"".join(parts))
+            if await self._read_body(length, parts.append):
+                body = b"".join(parts)
+                outcome: PutResult | Status = await self._services.pool.run(
+                    self._services.store.put_body, line, request_id, body
+                )
+            else:
+                outcome = Status.BAD_REQUEST
         else:
-            try:
-                upload = await services.pool.run(store.new_upload, discard=store.abandon)
-            except OSError:
-                await self._respond(Status.INTERNAL_ERROR, line, request_id, close_requested)
-                return None
-            outcome = await self._upload(upload, length)
-            if outcome is not None:
-                await services.pool.run(store.abandon, upload)
-                await self._respond(outcome, line, request_id, close_requested)
-                return None
-            result = await services.pool.run(store.put, line, request_id, upload)
-        await services.gate.wait(result.seq)
-        close = self._announce_close(close_requested, keep)
-        await self._send(fixed_response(result.status, close=close))
-        return result.status
+            outcome = await self._put_streamed(line, request_id, length)
+        if isinstance(outcome, Status):
+            await self._respond(outcome, line, request_id, request.connection_close)
+            return False
+        await self._services.gate.wait(outcome.seq)
+        keep = self._keeps_open(request)
+        close = self._announce_close(request.connection_close, keep)
+        await self._send(fixed_response(outcome.status, close=close))
+        return keep
+
+    async def _put_streamed(
+        self, line: RequestLine, request_id: str, length: int
+    ) -> PutResult | Status:
+        """Stream a large body into an upload file, then commit it; a Status (400 or 500)
+        if the body never arrived whole or could not be stored."""
+        pool, store = self._services.pool, self._services.store
+        try:
+            upload = await pool.run(store.new_upload, discard=store.abandon)
+        except OSError:
+            return Status.INTERNAL_ERROR
+        try:
+            failure = await self._upload(upload, length)
+        except BaseException:
+            # Cancelled by a shutdown: the partial body must not outlive the request.
+            await asyncio.shield(pool.run(store.abandon, upload))
+            raise
+        if failure is not None:
+            await pool.run(store.abandon, upload)
+            return failure
+        return await pool.run(store.put, line, request_id, upload)
 
     async def _upload(self, upload: Upload, length: int) -> Status | None:
         """Stream the body into `upload`; None when complete, else the status to answer."""
@@ -277,10 +312,14 @@ class Connection:
         """Answer a request that ends the connection without file work (a 400, 501, 505,
         or a failed upload): log it if its request line parsed, then send the response."""
         if line is not None:
-            seq = self._services.store.record(line, status, request_id or NO_REQUEST_ID)
-            await self._services.gate.wait(seq)
+            await self._record(status, line, request_id)
         close = self._announce_close(close_requested, keep=False)
         await self._send(fixed_response(status, close=close))
+
+    async def _record(self, status: Status, line: RequestLine, request_id: str) -> None:
+        """Log a request that did no file work, and wait until its line is durable."""
+        seq = self._services.store.record(line, status, request_id or NO_REQUEST_ID)
+        await self._services.gate.wait(seq)
 
     def _announce_close(self, close_requested: bool, keep: bool) -> bool:
         """Whether the response carries `Connection: close`.
@@ -294,12 +333,20 @@ class Connection:
         return self._config.keep_alive and not keep
 
     async def _send(self, data: bytes) -> None:
+        """Write, then wait until the client has taken enough of it. The timeout bounds a
+        stall, not the whole transfer: a slow reader that keeps taking bytes is served."""
         self._writer.write(data)
-        try:
-            async with asyncio.timeout(self._config.timeout):
-                await self._writer.drain()
-        except TimeoutError:
-            raise _ClientGone("client stopped reading") from None
+        transport = self._writer.transport
+        while True:
+            unsent = transport.get_write_buffer_size()
+            try:
+                async with asyncio.timeout(self._config.timeout):
+                    await self._writer.drain()
+            except TimeoutError:
+                if transport.get_write_buffer_size() < unsent:
+                    continue
+                raise _ClientGone("client stopped reading") from None
+            return
 
     async def _linger(self) -> None:
         """Close after the last response without losing it to a reset.
@@ -316,7 +363,7 @@ class Connection:
                     pass
 
 
-def _close_result(result: GetResult) -> None:
+def _close_fd(result: GetResult) -> None:
+    """Release the file of a GET whose connection was cancelled before it got the result."""
     if result.fd is not None:
-        fd, result.fd = result.fd, None
-        os.close(fd)
+        os.close(result.fd)

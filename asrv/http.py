@@ -133,9 +133,20 @@ def oversized_head_error(buffer: bytes) -> HttpError:
     if end < 0:
         return HttpError(Status.BAD_REQUEST)
     line = parse_request_line(buffer[:end])
+    request_id = request_id_of_partial_head(buffer)
     if line.version != "HTTP/1.1":
-        return HttpError(Status.VERSION_NOT_SUPPORTED, line)
-    return HttpError(Status.BAD_REQUEST, line)
+        return HttpError(Status.VERSION_NOT_SUPPORTED, line, request_id)
+    return HttpError(Status.BAD_REQUEST, line, request_id)
+
+
+def request_id_of_partial_head(buffer: bytes) -> str:
+    """The Request-Id among the whole, well-formed header lines of an incomplete head.
+
+    Used to log a request whose head never completed (the client stalled or left): the
+    client's id is logged if it was sent, as it would have been had the head finished.
+    """
+    lines = buffer[:MAX_HEAD].split(b"\r\n")[1:-1]  # without the request line and the tail
+    return _request_id(_well_formed_headers(lines)[0]) or NO_REQUEST_ID
 
 
 def parse_head(head: bytes) -> Request:
@@ -145,15 +156,19 @@ def parse_head(head: bytes) -> Request:
     """
     lines = head[: -len(HEAD_END)].split(b"\r\n")
     line = parse_request_line(lines[0])
-    headers = _parse_headers(lines[1:])
-    request_id = _request_id(headers) if headers is not None else None
-    close = headers is not None and _has_token(headers.get("connection", ""), "close")
+    headers, well_formed = _well_formed_headers(lines[1:])
+    # The id and Connection are read from the well-formed fields even when others are
+    # malformed: a rejected request is still logged with the id its client sent.
+    request_id = _request_id(headers)
+    close = _has_token(headers.get("connection", ""), "close")
     if line.version != "HTTP/1.1":
         raise HttpError(
             Status.VERSION_NOT_SUPPORTED, line, request_id or NO_REQUEST_ID, connection_close=close
         )
-    if headers is None or request_id is None:
-        raise HttpError(Status.BAD_REQUEST, line, connection_close=close)
+    if not well_formed or request_id is None:
+        raise HttpError(
+            Status.BAD_REQUEST, line, request_id or NO_REQUEST_ID, connection_close=close
+        )
 
     raw_length = headers.get("content-length")
     if (raw_length is None and line.method == "PUT") or (
@@ -174,15 +189,18 @@ def parse_head(head: bytes) -> Request:
     )
 
 
-def _parse_headers(lines: list[bytes]) -> dict[str, str] | None:
-    """Header fields by lower-cased name (the last of repeated ones wins); None if malformed."""
+def _well_formed_headers(lines: list[bytes]) -> tuple[dict[str, str], bool]:
+    """The well-formed fields by lower-cased name (the last of repeated ones wins), and
+    whether every line was one."""
     headers: dict[str, str] = {}
+    all_well_formed = True
     for raw in lines:
         match = _HEADER.fullmatch(raw)
         if match is None:
-            return None
-        headers[match[1].decode("ascii").lower()] = match[2].decode("ascii")
-    return headers
+            all_well_formed = False
+        else:
+            headers[match[1].decode("ascii").lower()] = match[2].decode("ascii")
+    return headers, all_well_formed
 
 
 def _request_id(headers: dict[str, str]) -> str | None:

@@ -93,7 +93,9 @@ class Server:
             self._port = sock.getsockname()[1]
             gate = DurabilityGate(store.log, self._pool, self._fail)
             self._resources.callback(gate.detach)
-            self._services = Services(self.config, self._pool, store, gate, self._fail)
+            self._services = Services(
+                self.config, self._pool, store, gate, self._fail, self._stopped
+            )
             self._listener = await asyncio.start_server(
                 self._on_connection, sock=sock, backlog=BACKLOG
             )
@@ -152,7 +154,10 @@ class Server:
             raise self._failure
 
     async def close(self) -> None:
-        """Stop accepting, finish what is in flight, make the log durable, join workers."""
+        """Stop accepting, finish what is in flight, make the log durable, join workers.
+
+        Raises `FatalError` if the log could not be made durable at the end.
+        """
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(self._close())
         await asyncio.shield(self._closing)
@@ -171,13 +176,18 @@ class Server:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         log = self._log
-        if log is not None and log.failure is None:
-            with contextlib.suppress(FatalError, OSError):
+        try:
+            if log is not None and log.failure is None:
                 await self._pool.run(log.sync, log.last_seq)
                 if self._log_fd >= 0:
                     # Durable at exit even with --no-fsync.
                     await self._pool.run(os.fsync, self._log_fd)
-        self._resources.close()
+        except OSError as error:
+            raise FatalError(f"audit log: cannot make it durable: {error.strerror}") from None
+        finally:
+            # Every job has ended (a cancelled connection waits for its job), so joining
+            # the idle workers takes no time on the loop.
+            self._resources.close()
 
     def _fail(self, failure: FatalError) -> None:
         """Fail-stop: acknowledge nothing more, drop every connection, stop serving."""

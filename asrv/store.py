@@ -103,7 +103,12 @@ class Store:
     def get(self, line: RequestLine, request_id: str) -> GetResult:
         with self._locks.read(line.filename):
             result = self._open_for_get(line.filename)
-            result.seq = self.log.append(log_entry(line, result.status, request_id))
+            try:
+                result.seq = self.log.append(log_entry(line, result.status, request_id))
+            except BaseException:
+                if result.fd is not None:
+                    os.close(result.fd)
+                raise
         return result
 
     def new_upload(self) -> Upload:
@@ -119,8 +124,7 @@ class Store:
 
     def abandon(self, upload: Upload) -> None:
         """Remove an upload that will not be committed (cut short, or failed)."""
-        with contextlib.suppress(OSError):
-            os.close(upload.fd)
+        self._close_upload(upload)
         with contextlib.suppress(OSError):
             os.unlink(upload.name, dir_fd=self._root)
 
@@ -145,10 +149,10 @@ class Store:
         try:
             if self._sync_data:
                 os.fdatasync(upload.fd)
-            os.close(upload.fd)
         except OSError:
             self.abandon(upload)
             return self._failed_put(line, request_id)
+        self._close_upload(upload)
         with self._locks.write(line.filename):
             status = self._status_for_put(line.filename)
             if status in (Status.OK, Status.CREATED):
@@ -183,6 +187,15 @@ class Store:
             # agree with it again, so stop rather than answer against the log.
             raise FatalError(f"cannot install logged PUT {line.uri}: {error}") from error
         return status, reservation.seq
+
+    @staticmethod
+    def _close_upload(upload: Upload) -> None:
+        # Forget the descriptor before closing it: even a failed close releases it, and
+        # closing the same number twice could close another thread's file.
+        fd, upload.fd = upload.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _failed_put(self, line: RequestLine, request_id: str) -> PutResult:
         """A PUT whose upload failed (ENOSPC, EIO): 500, nothing changed."""

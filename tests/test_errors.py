@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
 
-from tests.conftest import ServerFactory, Site, exchange, response
+from tests.conftest import HOST, ServerFactory, Site, exchange, response
 
 pytestmark = pytest.mark.asyncio
 
@@ -44,6 +45,7 @@ CASES: list[tuple[bytes, bytes, str | None]] = [
     (b"GET /a HTTP/1.1\r\nHost: \x7f\r\n\r\n", BAD, "GET,/a,400,0"),
     (b"GET /a HTTP/1.1\r\nRequest-Id: 1,2\r\n\r\n", BAD, "GET,/a,400,0"),
     (b"DELETE /a HTTP/1.1\r\nbad\r\n\r\n", BAD, "DELETE,/a,400,0"),
+    (b"GET /a HTTP/1.1\r\nRequest-Id: 4\r\nbad\r\n\r\n", BAD, "GET,/a,400,4"),
     # Content-Length: 400, logged, before the method's 501.
     (b"PUT /a HTTP/1.1\r\nRequest-Id: 3\r\n\r\n", BAD, "PUT,/a,400,3"),
     (b"PUT /a HTTP/1.1\r\nContent-Length: -1\r\n\r\n", BAD, "PUT,/a,400,0"),
@@ -137,3 +139,34 @@ async def test_nothing_logged_for_a_silent_connection(
     async with running_server() as server:
         assert await exchange(server.port, b"", shutdown=True) == b""
     assert site.log_lines() == []
+
+
+async def test_head_split_across_segments(site: Site, running_server: ServerFactory) -> None:
+    (site.root / "a").write_bytes(b"A")
+    async with running_server() as server:
+        for pieces in (
+            [b"GET /a HTTP/1.1\r\n", b"Request-Id: 7\r\n\r\n"],
+            [b"GE", b"T /a HTTP/1.1\r\n\r\n"],
+            [b"GET /a HTTP/1.1\r\nReq", b"uest-Id: 8\r", b"\n", b"\r\n"],
+        ):
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            assert await asyncio.wait_for(reader.read(), 10) == response(200, "OK", b"A")
+            writer.close()
+    assert site.log_lines() == ["GET,/a,200,7", "GET,/a,200,0", "GET,/a,200,8"]
+
+
+async def test_rejected_requests_keep_their_request_id(
+    site: Site, running_server: ServerFactory
+) -> None:
+    async with running_server(timeout=0.5) as server:
+        bad_header = b"GET /a HTTP/1.1\r\nRequest-Id: 9\r\nbad\r\n\r\n"
+        assert await exchange(server.port, bad_header) == BAD
+        stalled = b"GET /b HTTP/1.1\r\nRequest-Id: 10\r\nHost: x"
+        assert await exchange(server.port, stalled) == BAD
+        oversized = b"GET /c HTTP/1.1\r\nRequest-Id: 11\r\n" + b"X: y\r\n" * 400
+        assert await exchange(server.port, oversized) == BAD
+    assert site.log_lines() == ["GET,/a,400,9", "GET,/b,400,10", "GET,/c,400,11"]

@@ -84,3 +84,23 @@ async def test_default_mode_serves_one_request_per_connection(
         writer.close()
     assert answer == response(200, "OK", b"A")
     assert site.log_lines() == ["GET,/a,200,0"]
+
+
+async def test_shutdown_closes_busy_keep_alive_connections_after_their_request(
+    site: Site, running_server: ServerFactory
+) -> None:
+    async with running_server(keep_alive=True, timeout=10) as server:
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"PUT /f HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        closing = asyncio.ensure_future(server.close())
+        await asyncio.sleep(0.2)
+        writer.write(b"def")
+        await writer.drain()
+        # The request in flight is finished, announced as the last one, and the
+        # connection ends instead of waiting for more.
+        assert await asyncio.wait_for(reader.read(), 10) == response(201, "Created", close=True)
+        writer.close()
+        await asyncio.wait_for(closing, 5)
+    assert (site.root / "f").read_bytes() == b"abcdef"

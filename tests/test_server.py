@@ -281,3 +281,36 @@ async def test_many_clients_interleaved(site: Site, running_server: ServerFactor
             expected = (200, model[uri])
         assert seen[rid] == expected, line
         assert status == str(expected[0])
+
+
+async def test_shutdown_during_upload_leaves_no_temp_file(
+    site: Site, running_server: ServerFactory
+) -> None:
+    async with running_server(timeout=0.5) as server:
+        _, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"PUT /big HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 600_000)
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        # Leaving the block closes the server while the upload is still under way.
+    writer.close()
+    assert list(site.root.iterdir()) == []
+
+
+async def test_slow_but_steady_reader_is_not_cut_off(
+    site: Site, running_server: ServerFactory
+) -> None:
+    content = os.urandom(768 * 1024)
+    (site.root / "f").write_bytes(content)
+    async with running_server(timeout=0.5) as server:
+        reader, writer = await asyncio.open_connection(HOST, server.port, limit=8192)
+        writer.write(b"GET /f HTTP/1.1\r\n\r\n")
+        await writer.drain()
+        received = b""
+        while True:
+            piece = await asyncio.wait_for(reader.read(8192), 10)
+            if not piece:
+                break
+            received += piece
+            await asyncio.sleep(0.03)  # about 270 KB/s: slower than one chunk per timeout
+        writer.close()
+    assert split_response(received) == (200, content)
