@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from asrv.errors import FatalError
@@ -59,8 +58,7 @@ class AuditLog:
     `fd` is written with plain `write` calls (open it with O_APPEND). `sync_data` chooses
     whether flushes fdatasync the log (and fsync `dir_fd` for PUT batches); without it a
     flush only writes, which still keeps the order of lines and effects. `base_offset` is
-    the log's size when the server took it over. `on_progress` is called by the thread that
-    advanced `durable_seq` (or recorded a failure), outside every lock.
+    the log's size when the server took it over.
     """
 
     def __init__(
@@ -70,12 +68,10 @@ class AuditLog:
         sync_data: bool,
         dir_fd: int | None = None,
         base_offset: int = 0,
-        on_progress: Callable[[], None] | None = None,
     ) -> None:
         self._fd = fd
         self._sync_data = sync_data
         self._dir_fd = dir_fd
-        self._on_progress = on_progress
         self._cond = threading.Condition(threading.Lock())
         self._pending: deque[_Slot] = deque()
         self._last_seq = 0
@@ -99,9 +95,6 @@ class AuditLog:
     @property
     def failure(self) -> LogFailure | None:
         return self._failure
-
-    def set_progress_callback(self, callback: Callable[[], None] | None) -> None:
-        self._on_progress = callback
 
     def append(self, line: bytes) -> int:
         """Queue a whole line and return its sequence number; the line is not yet on disk."""
@@ -197,19 +190,12 @@ class AuditLog:
                 self._failure = failure
                 self._flushing = False
                 self._cond.notify_all()
-            self._notify()
             raise failure from error
         with self._cond:
             self._durable_seq = batch[-1].seq
             self._flushing = False
             self.syncs += 1
             self._cond.notify_all()
-        self._notify()
-
-    def _notify(self) -> None:
-        callback = self._on_progress
-        if callback is not None:
-            callback()
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -2,8 +2,9 @@
 
 All network I/O happens here, on the loop, holding no worker and no lock: reading the head
 and the body, sending the response, lingering before the close. File work goes to the pool
-as one job per logical step (the store's methods). Every response waits until its request's
-audit line is durable (`DurabilityGate.wait`), so nothing is acknowledged that the log lacks.
+as one operation per logical step (the store's methods). Operations that log are submitted
+`durable=True`: their result comes back only once the line is durable, so nothing is
+acknowledged that the log lacks.
 
 Every way a request can end funnels through `_respond`: it logs the request if its request
 line parsed, waits for the line to be durable, and sends the byte-exact response.
@@ -19,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from asrv.config import Config
-from asrv.durable import DurabilityGate
 from asrv.errors import FatalError
 from asrv.http import (
     CONTINUE,
@@ -52,7 +52,6 @@ class Services:
     config: Config
     pool: WorkerPool
     store: Store
-    gate: DurabilityGate
     on_fatal: Callable[[FatalError], None]
     stopping: asyncio.Event
     """Set when the server shuts down: finish the current request, then close."""
@@ -202,9 +201,10 @@ class Connection:
             await self._respond(Status.BAD_REQUEST, line, request_id, request.connection_close)
             return False
         pool = self._services.pool
-        result = await pool.run(self._services.store.get, line, request_id, discard=_close_fd)
+        result = await pool.run(
+            self._services.store.get, line, request_id, durable=True, discard=_close_fd
+        )
         try:
-            await self._services.gate.wait(result.seq)
             keep = self._keeps_open(request)
             close = self._announce_close(request.connection_close, keep)
             if result.fd is None:
@@ -248,7 +248,7 @@ class Connection:
             if await self._read_body(length, parts.append):
                 body = b"".join(parts)
                 outcome: PutResult | Status = await self._services.pool.run(
-                    self._services.store.put_body, line, request_id, body
+                    self._services.store.put_body, line, request_id, body, durable=True, alone=True
                 )
             else:
                 outcome = Status.BAD_REQUEST
@@ -257,7 +257,6 @@ class Connection:
         if isinstance(outcome, Status):
             await self._respond(outcome, line, request_id, request.connection_close)
             return False
-        await self._services.gate.wait(outcome.seq)
         keep = self._keeps_open(request)
         close = self._announce_close(request.connection_close, keep)
         await self._send(fixed_response(outcome.status, close=close))
@@ -282,7 +281,7 @@ class Connection:
         if failure is not None:
             await pool.run(store.abandon, upload)
             return failure
-        return await pool.run(store.put, line, request_id, upload)
+        return await pool.run(store.put, line, request_id, upload, durable=True, alone=True)
 
     async def _upload(self, upload: Upload, length: int) -> Status | None:
         """Stream the body into `upload`; None when complete, else the status to answer."""
@@ -318,8 +317,10 @@ class Connection:
 
     async def _record(self, status: Status, line: RequestLine, request_id: str) -> None:
         """Log a request that did no file work, and wait until its line is durable."""
-        seq = self._services.store.record(line, status, request_id or NO_REQUEST_ID)
-        await self._services.gate.wait(seq)
+        store = self._services.store
+        await self._services.pool.run(
+            store.record, line, status, request_id or NO_REQUEST_ID, durable=True
+        )
 
     def _announce_close(self, close_requested: bool, keep: bool) -> bool:
         """Whether the response carries `Connection: close`.

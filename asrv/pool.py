@@ -1,21 +1,53 @@
-"""The worker pool: exactly N threads, all started up front, never more than N jobs at once.
+"""The worker pool: exactly N threads, all started up front, fed in batches.
 
 `ThreadPoolExecutor` grows lazily, one thread per submit, so a server that just started would
 otherwise change its thread count under its first load. `start` submits N jobs that meet at a
-barrier, which forces all N threads into existence before the first connection. Every job
-then goes through an `asyncio.Semaphore(N)`: work waits on the event loop, where it can be
-cancelled and where it holds nothing, instead of queueing inside the executor.
+barrier, which forces all N threads into existence before the first connection.
+
+Handing one request at a time to a thread costs two cross-thread hops (submit, then the
+result back), each a GIL hand-off; under load that, not the file work, is what limits a
+Python server. So requests queue on the loop, and a job takes every queued operation at
+once (up to `BATCH`), runs them one after another, and hands all results back with a single
+`call_soon_threadsafe`. At most N jobs exist at a time; under light load a batch is one
+operation and nothing waits.
+
+An operation submitted with `durable=True` appends audit lines: its batch ends with the
+`settle` callback (a group commit of the log) before any result goes back, so a result the
+loop receives is already safe to acknowledge. An operation submitted `alone=True` (a PUT,
+which waits for fsyncs of its own) runs in a job by itself, so that PUTs on different
+workers share group commits instead of queueing behind each other's fsyncs in one batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def _nothing() -> None:
+    pass
+
+
+BATCH = 64
+"""Most operations one job runs before handing results back."""
+
+
+@dataclass(slots=True)
+class _Operation:
+    function: Callable[..., Any]
+    args: tuple[object, ...]
+    future: asyncio.Future[Any]
+    durable: bool
+    discard: Callable[[Any], None] | None
+    result: Any = None
+    error: BaseException | None = None
 
 
 class WorkerPool:
@@ -25,40 +57,49 @@ class WorkerPool:
         self.threads = threads
         self._name = name
         self._executor: ThreadPoolExecutor | None = None
-        self._gate: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._settle: Callable[[], None] = _nothing
+        # Appended on the loop, taken by workers: deque's append and popleft are atomic.
+        self._queue: deque[_Operation] = deque()
+        self._alone: deque[_Operation] = deque()
+        self._jobs = 0  # jobs submitted and not yet reported back; touched on the loop only
 
-    def start(self) -> None:
-        """Start all N threads now (blocks until each one is running)."""
+    def start(self, settle: Callable[[], None] = _nothing) -> None:
+        """Start all N threads now (blocks until each one is running).
+
+        `settle` runs at the end of every batch that holds a durable operation.
+        """
         executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=self._name)
         barrier = threading.Barrier(self.threads)
         started = [executor.submit(barrier.wait) for _ in range(self.threads)]
         for future in started:
             future.result()
         self._executor = executor
-        self._gate = asyncio.Semaphore(self.threads)
+        self._loop = asyncio.get_running_loop()
+        self._settle = settle
 
     async def run(
         self,
         function: Callable[..., T],
         *args: object,
+        durable: bool = False,
+        alone: bool = False,
         discard: Callable[[T], None] | None = None,
     ) -> T:
-        """Run `function(*args)` on a worker once one is free, and return its result.
+        """Run `function(*args)` on a worker and return its result.
 
-        A job that started cannot be stopped. If the caller is cancelled meanwhile, the job
-        still holds its place until it ends, and `discard` releases what it returned (an
-        open file, say) since nobody else will.
+        Once queued, an operation runs even if the caller is cancelled meanwhile; then
+        `discard` releases what it returned (an open file, say), since nobody else will.
         """
-        assert self._executor is not None and self._gate is not None, "pool not started"
-        async with self._gate:
-            future = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-            try:
-                return await asyncio.shield(future)
-            except asyncio.CancelledError:
-                await _outlive_cancellation(future)
-                if discard is not None and not future.cancelled() and not future.exception():
-                    discard(future.result())
-                raise
+        assert self._loop is not None, "pool not started"
+        future: asyncio.Future[T] = self._loop.create_future()
+        operation = _Operation(function, args, future, durable, discard)
+        (self._alone if alone else self._queue).append(operation)
+        if self._jobs < self.threads:
+            self._jobs += 1
+            assert self._executor is not None
+            self._executor.submit(self._work)
+        return await future
 
     def shutdown(self) -> None:
         """Wait for running jobs and join every worker thread."""
@@ -66,11 +107,58 @@ class WorkerPool:
             self._executor.shutdown(wait=True)
             self._executor = None
 
+    def _work(self) -> None:
+        """A job, on a worker thread: run batches until the queue is empty."""
+        assert self._loop is not None
+        while batch := self._take_batch():
+            for operation in batch:
+                try:
+                    operation.result = operation.function(*operation.args)
+                except BaseException as error:
+                    operation.error = error
+            if any(operation.durable for operation in batch):
+                try:
+                    self._settle()
+                except BaseException as error:
+                    # Nothing in this batch may be acknowledged: its lines are not durable.
+                    for operation in batch:
+                        if operation.durable and operation.error is None:
+                            operation.error = error
+            self._loop.call_soon_threadsafe(_deliver, batch)
+        self._loop.call_soon_threadsafe(self._job_done)
 
-async def _outlive_cancellation(future: asyncio.Future[T]) -> None:
-    """Wait for `future` to end, ignoring further cancellations of the waiting task."""
-    while not future.done():
+    def _take_batch(self) -> list[_Operation]:
         try:
-            await asyncio.wait([future])
-        except asyncio.CancelledError:
-            continue
+            return [self._alone.popleft()]
+        except IndexError:
+            pass
+        batch: list[_Operation] = []
+        queue = self._queue
+        while len(batch) < BATCH:
+            try:
+                batch.append(queue.popleft())
+            except IndexError:
+                break
+        return batch
+
+    def _job_done(self) -> None:
+        self._jobs -= 1
+        # An operation queued while every job was counted, but after this one looked at
+        # the queue for the last time, is still waiting: start a job for it.
+        if (self._queue or self._alone) and self._jobs < self.threads:
+            self._jobs += 1
+            assert self._executor is not None
+            self._executor.submit(self._work)
+
+
+def _deliver(batch: list[_Operation]) -> None:
+    """On the loop: hand each operation's outcome to its waiter."""
+    for operation in batch:
+        future = operation.future
+        if future.cancelled():
+            if operation.error is None and operation.discard is not None:
+                operation.discard(operation.result)
+        elif operation.error is not None:
+            future.set_exception(operation.error)
+        else:
+            future.set_result(operation.result)

@@ -19,7 +19,6 @@ from types import TracebackType
 from asrv.auditlog import AuditLog
 from asrv.config import Config
 from asrv.connection import Connection, Services
-from asrv.durable import DurabilityGate
 from asrv.errors import FatalError
 from asrv.locks import LockTable
 from asrv.pool import WorkerPool
@@ -91,11 +90,7 @@ class Server:
             sock = _bind(self.config.host, self.config.port)
             self._resources.callback(sock.close)
             self._port = sock.getsockname()[1]
-            gate = DurabilityGate(store.log, self._pool, self._fail)
-            self._resources.callback(gate.detach)
-            self._services = Services(
-                self.config, self._pool, store, gate, self._fail, self._stopped
-            )
+            self._services = Services(self.config, self._pool, store, self._fail, self._stopped)
             self._listener = await asyncio.start_server(
                 self._on_connection, sock=sock, backlog=BACKLOG
             )
@@ -143,7 +138,7 @@ class Server:
             sync_data=config.fsync,
             protected=(info.st_dev, info.st_ino) if is_file else None,
         )
-        self._pool.start()
+        self._pool.start(settle=lambda: log.sync(log.last_seq))
         self._resources.callback(self._pool.shutdown)
         return store
 
