@@ -131,6 +131,8 @@ class AuditLog:
 
     def sync(self, seq: int) -> None:
         """Block until every line up to `seq` is durable, leading flushes as needed."""
+        if seq > self._last_seq:
+            raise ValueError(f"line {seq} was never appended")
         while True:
             with self._cond:
                 batch = self._wait_for_turn(seq)

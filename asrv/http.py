@@ -132,7 +132,10 @@ def oversized_head_error(buffer: bytes) -> HttpError:
     end = buffer.find(b"\r\n", 0, MAX_HEAD)
     if end < 0:
         return HttpError(Status.BAD_REQUEST)
-    line = parse_request_line(buffer[:end])
+    try:
+        line = parse_request_line(buffer[:end])
+    except HttpError as error:
+        return error
     request_id = request_id_of_partial_head(buffer)
     if line.version != "HTTP/1.1":
         return HttpError(Status.VERSION_NOT_SUPPORTED, line, request_id)

@@ -3,7 +3,10 @@
 `RWLock` is phase-fair enough for a file server: a waiting writer stops new readers from
 entering (so a stream of GETs cannot starve a PUT), and when a writer leaves, every reader
 that queued behind it is admitted as one batch before the next writer (so a stream of PUTs
-cannot starve GETs). `LockTable` hands out one `RWLock` per URI and forgets it when nobody
+cannot starve GETs). Writers go in the order they arrived (a ticket each), so a thread
+that releases and re-acquires at once cannot keep another writer out.
+
+`LockTable` hands out one `RWLock` per URI and forgets it when nobody
 holds or waits for it, so the table stays as small as the set of URIs in use.
 """
 
@@ -23,6 +26,8 @@ class RWLock:
         self._writer_active = False
         self._waiting_writers = 0
         self._waiting_readers = 0
+        self._next_ticket = 0  # writers are served in ticket order
+        self._serving = 0
         # Bumped each time a writer leaves and admits the queued readers as a batch; a queued
         # reader waits for the bump rather than re-checking the state, because by then it
         # has already been counted as active on its behalf.
@@ -46,8 +51,10 @@ class RWLock:
 
     def acquire_write(self) -> None:
         with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
             self._waiting_writers += 1
-            while self._writer_active or self._active_readers > 0:
+            while self._serving != ticket or self._writer_active or self._active_readers > 0:
                 self._cond.wait()
             self._waiting_writers -= 1
             self._writer_active = True
@@ -55,6 +62,7 @@ class RWLock:
     def release_write(self) -> None:
         with self._cond:
             self._writer_active = False
+            self._serving += 1
             if self._waiting_readers:
                 self._active_readers += self._waiting_readers
                 self._waiting_readers = 0
