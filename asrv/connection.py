@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from asrv.channel import Channel
 from asrv.config import Config
 from asrv.errors import FatalError
 from asrv.http import (
@@ -62,22 +62,14 @@ class _ClientGone(Exception):
 
 
 class Connection:
-    def __init__(
-        self, services: Services, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, services: Services, channel: Channel) -> None:
         self._services = services
         self._config = services.config
-        self._reader = reader
-        self._writer = writer
+        self._channel = channel
         self._buffer = b""
         self._requests = 0
         self.idle = True
         """True while waiting for the first byte of a request: safe to close at shutdown."""
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            # Head and small body go out in one write; Nagle would hold it for an ACK.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     async def serve(self) -> None:
         """Serve requests until the connection ends, then close it."""
@@ -91,11 +83,11 @@ class Connection:
         except (_ClientGone, OSError):
             self.abort()
         finally:
-            self._writer.close()
+            self._channel.close()
 
     def abort(self) -> None:
         """Drop the connection at once, sending nothing more."""
-        self._writer.transport.abort()
+        self._channel.abort()
 
     async def _serve_one(self) -> bool:
         """Serve one request; True if the connection stays open for another."""
@@ -140,7 +132,7 @@ class Connection:
             if len(buffer) >= MAX_HEAD:
                 raise oversized_head_error(buffer)
             try:
-                data = await self._read_socket(CHUNK)
+                data = await self._channel.read(CHUNK)
             except TimeoutError:
                 if not buffer and self._requests:
                     return None
@@ -161,16 +153,7 @@ class Connection:
         if self._buffer:
             data, self._buffer = self._buffer[:limit], self._buffer[limit:]
             return data
-        return await self._read_socket(limit)
-
-    async def _read_socket(self, limit: int) -> bytes:
-        """One read from the socket: b"" at EOF or reset; TimeoutError after `timeout` of
-        silence."""
-        try:
-            async with asyncio.timeout(self._config.timeout):
-                return await self._reader.read(limit)
-        except ConnectionError:
-            return b""
+        return await self._channel.read(limit)
 
     async def _read_body(
         self, length: int, sink: Callable[[bytes], Awaitable[None] | None] | None
@@ -334,20 +317,11 @@ class Connection:
         return self._config.keep_alive and not keep
 
     async def _send(self, data: bytes) -> None:
-        """Write, then wait until the client has taken enough of it. The timeout bounds a
-        stall, not the whole transfer: a slow reader that keeps taking bytes is served."""
-        self._writer.write(data)
-        transport = self._writer.transport
-        while True:
-            unsent = transport.get_write_buffer_size()
-            try:
-                async with asyncio.timeout(self._config.timeout):
-                    await self._writer.drain()
-            except TimeoutError:
-                if transport.get_write_buffer_size() < unsent:
-                    continue
-                raise _ClientGone("client stopped reading") from None
-            return
+        """Write; a client that takes no byte for `timeout` seconds is given up."""
+        try:
+            await self._channel.send(data)
+        except TimeoutError:
+            raise _ClientGone("client stopped reading") from None
 
     async def _linger(self) -> None:
         """Close after the last response without losing it to a reset.
@@ -356,11 +330,10 @@ class Connection:
         too, for at most `timeout` seconds: closing with unread data would make the kernel
         send RST, which can destroy the response before the client reads it.
         """
-        if self._writer.can_write_eof():
-            self._writer.write_eof()
-        with contextlib.suppress(TimeoutError, ConnectionError):
+        self._channel.finish_sending()
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._config.timeout):
-                while await self._reader.read(CHUNK):
+                while await self._channel.read(CHUNK):
                     pass
 
 

@@ -17,6 +17,7 @@ import stat
 from types import TracebackType
 
 from asrv.auditlog import AuditLog
+from asrv.channel import Channel
 from asrv.config import Config
 from asrv.connection import Connection, Services
 from asrv.errors import FatalError
@@ -91,8 +92,9 @@ class Server:
             self._resources.callback(sock.close)
             self._port = sock.getsockname()[1]
             self._services = Services(self.config, self._pool, store, self._fail, self._stopped)
-            self._listener = await asyncio.start_server(
-                self._on_connection, sock=sock, backlog=BACKLOG
+            timeout = self.config.timeout
+            self._listener = await asyncio.get_running_loop().create_server(
+                lambda: Channel(timeout, self._on_open), sock=sock, backlog=BACKLOG
             )
         except BaseException:
             self._resources.close()
@@ -195,17 +197,17 @@ class Server:
             connection.abort()
         self._stopped.set()
 
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def _on_open(self, channel: Channel) -> None:
         if self._stopped.is_set():
-            writer.transport.abort()
+            channel.abort()
             return
         assert self._services is not None
-        connection = Connection(self._services, reader, writer)
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections[connection] = task
+        connection = Connection(self._services, channel)
+        self._connections[connection] = asyncio.get_running_loop().create_task(
+            self._serve(connection)
+        )
+
+    async def _serve(self, connection: Connection) -> None:
         try:
             await connection.serve()
         finally:
@@ -223,5 +225,8 @@ def _bind(host: str, port: int) -> socket.socket:
         if error.errno in (errno.EADDRINUSE, errno.EACCES):
             raise StartupError("Invalid Port") from None
         raise StartupError(f"cannot listen on {host}: {error.strerror}") from None
+    # Accepted sockets inherit this: a response's head and small body leave in one segment
+    # instead of waiting for the client's delayed ACK (both loops set it too).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(False)
     return sock

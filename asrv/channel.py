@@ -1,0 +1,144 @@
+"""`Channel`: one TCP connection as a protocol, read and written by one coroutine.
+
+asyncio's streams cost more per request than the rest of the loop's work together (a
+StreamReader, a StreamWriter, and an `asyncio.timeout` context per read); a file server that
+answers one request per connection pays that on every request. This protocol keeps only
+what `Connection` needs: a byte buffer with an idle timeout on reads, and writes with
+flow control whose timeout bounds a stall rather than a whole transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import cast
+
+HIGH_WATER = 256 * 1024
+"""Buffered unread bytes at which reading from the socket pauses (memory bound)."""
+
+
+class Channel(asyncio.Protocol):
+    def __init__(self, timeout: float, on_open: Callable[[Channel], None]) -> None:
+        self.timeout = timeout
+        self._on_open = on_open
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.lost = False
+
+    # Protocol callbacks, from the loop.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+        self._on_open(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self._transport().pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return True  # keep the connection open: the response may still go out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self.lost = True
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake()
+
+    # The coroutine's side.
+
+    async def read(self, limit: int) -> bytes:
+        """Up to `limit` bytes; b"" at EOF or when the connection is gone.
+
+        Raises TimeoutError when nothing arrives for `timeout` seconds.
+        """
+        while not self._chunks:
+            if self._eof:
+                return b""
+            await self._wait()
+        chunk = self._chunks.popleft()
+        if len(chunk) > limit:
+            chunk, rest = chunk[:limit], chunk[limit:]
+            self._chunks.appendleft(rest)
+        self._buffered -= len(chunk)
+        if self._reading_paused and self._buffered < HIGH_WATER // 4 and not self.lost:
+            self._reading_paused = False
+            self._transport().resume_reading()
+        return chunk
+
+    async def send(self, data: bytes) -> None:
+        """Write `data`; wait while the client is behind, failing only when it stalls.
+
+        Raises ConnectionError if the connection is gone, TimeoutError if the client took
+        no byte for `timeout` seconds.
+        """
+        if self.lost:
+            raise ConnectionResetError("connection lost")
+        transport = self._transport()
+        transport.write(data)
+        while self._writing_paused and not self.lost:
+            unsent = transport.get_write_buffer_size()
+            try:
+                await self._wait()
+            except TimeoutError:
+                if transport.get_write_buffer_size() >= unsent:
+                    raise
+        if self.lost:
+            raise ConnectionResetError("connection lost")
+
+    def finish_sending(self) -> None:
+        """Send FIN after what is queued (the response is complete)."""
+        transport = self._transport()
+        if not self.lost and transport.can_write_eof():
+            transport.write_eof()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def _wait(self) -> None:
+        """Sleep until a callback wakes this channel, or `timeout` seconds pass."""
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(self.timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _transport(self) -> asyncio.Transport:
+        assert self.transport is not None
+        return self.transport
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
