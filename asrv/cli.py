@@ -1,9 +1,10 @@
 """The command line: argv -> Config, run a Server on the chosen loop, map outcomes to exit codes.
 
-Exit status: 0 after a clean shutdown (SIGTERM or SIGINT), 1 when the server cannot start
-(a bad option value, a bad or busy port, an unusable root or log), 2 for a malformed command
-line (argparse's usage error), 3 when the server stopped itself because it could no longer
-log what it did (fail-stop). A second signal during shutdown exits at once with 1.
+The exit statuses are `asrv.ExitStatus`: 0 after SIGTERM or SIGINT, 1 for a bad or busy
+port or an unusable root (with `Invalid Port` or one line naming the problem), 2 for a
+malformed command line or option value, 3 when the server stopped itself because it could
+no longer log what it did, 4 for a log it cannot open, 5 when start-up recovery fails, 6
+when a second signal cut a shutdown short.
 """
 
 from __future__ import annotations
@@ -19,16 +20,8 @@ from typing import NoReturn, TextIO
 
 from asrv import __version__
 from asrv.config import Config, LoopChoice
-from asrv.errors import FatalError
-from asrv.server import Server, StartupError
-
-EXIT_OK = 0
-EXIT_STARTUP = 1
-EXIT_FATAL = 3
-
-
-class _UsageError(Exception):
-    pass
+from asrv.errors import ExitStatus, FatalError, StartupError
+from asrv.server import Server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,16 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.loop.value,
         help="event loop (default: %(default)s, uvloop when installed)",
     )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no start-up or shutdown lines (errors only)"
+    )
     parser.add_argument("--version", action="version", version=f"asrv {__version__}")
     return parser
 
 
-def parse_config(argv: Sequence[str] | None = None) -> Config:
+def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, bool]:
+    """The server's configuration and whether to be quiet; `StartupError` if invalid."""
     args = build_parser().parse_args(argv)
     if not args.port.isdigit() or not 0 <= int(args.port) <= 65535:
-        raise _UsageError("Invalid Port")
+        raise StartupError("Invalid Port", ExitStatus.CANNOT_START)
     try:
-        return Config(
+        config = Config(
             port=int(args.port),
             threads=args.threads,
             log=args.log,
@@ -115,24 +112,21 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
             loop=LoopChoice(args.loop),
         )
     except ValueError as error:
-        raise _UsageError(str(error)) from None
+        raise StartupError(f"asrv: {error}", ExitStatus.USAGE) from None
+    return config, args.quiet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server as the command line does; returns the exit status."""
     try:
-        config = parse_config(argv)
-    except _UsageError as error:
-        print(error, file=sys.stderr)
-        return EXIT_STARTUP
-    diagnostics = sys.stdout if config.log_is_stderr else sys.stderr
-    try:
+        config, quiet = parse_config(argv)
         loop_factory, loop_name = _loop_factory(config.loop)
-    except ImportError as error:
-        print(f"asrv: {error}", file=sys.stderr)
-        return EXIT_STARTUP
+    except StartupError as error:
+        print(error, file=sys.stderr)
+        return error.status
+    diagnostics = sys.stdout if config.log_is_stderr else sys.stderr
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(config, diagnostics, loop_name))
+        return runner.run(_serve(config, _Diagnostics(diagnostics, quiet), loop_name))
 
 
 def run() -> NoReturn:
@@ -140,13 +134,28 @@ def run() -> NoReturn:
     sys.exit(main())
 
 
-async def _serve(config: Config, diagnostics: TextIO, loop_name: str) -> int:
+class _Diagnostics:
+    """The server's own lines: never on the audit log's stream; only errors when quiet."""
+
+    def __init__(self, stream: TextIO, quiet: bool) -> None:
+        self._stream = stream
+        self._quiet = quiet
+
+    def info(self, line: str) -> None:
+        if not self._quiet:
+            print(line, file=self._stream, flush=True)
+
+    def error(self, line: str) -> None:
+        print(line, file=self._stream, flush=True)
+
+
+async def _serve(config: Config, diagnostics: _Diagnostics, loop_name: str) -> int:
     server = Server(config)
     try:
         await server.start()
     except StartupError as error:
         print(error, file=sys.stderr)
-        return EXIT_STARTUP
+        return error.status
     # The audit log owns its stream: when it is standard error, Python's own reports
     # (warnings, tracebacks) must not land in it.
     saved_stderr = sys.stderr
@@ -156,30 +165,26 @@ async def _serve(config: Config, diagnostics: TextIO, loop_name: str) -> int:
         try:
             _install_signal_handlers(server)
             if server.recovery:
-                print(f"asrv: {server.recovery.describe()}", file=diagnostics, flush=True)
-            print(
+                diagnostics.info(f"asrv: {server.recovery.describe()}")
+            diagnostics.info(
                 f"asrv {__version__}: listening on http://{_format_host(config.host)}:"
                 f"{server.port} (root {config.root.resolve()}, {config.threads} workers, log "
                 f"{'stderr' if config.log_is_stderr else config.log}, "
-                f"fsync {'on' if config.fsync else 'off'}, loop {loop_name})",
-                file=diagnostics,
-                flush=True,
+                f"fsync {'on' if config.fsync else 'off'}, loop {loop_name})"
             )
             await server.serve_forever()
         finally:
             await server.close()
     except FatalError as error:
-        print(f"asrv: stopped: {error}", file=diagnostics, flush=True)
-        return EXIT_FATAL
+        diagnostics.error(f"asrv: stopped: {error}")
+        return ExitStatus.FATAL
     finally:
         sys.stderr = saved_stderr
     log = server.audit_log
-    print(
-        f"asrv: stopped after {log.last_seq} requests logged in {log.syncs} log flushes",
-        file=diagnostics,
-        flush=True,
+    diagnostics.info(
+        f"asrv: stopped after {log.last_seq} requests logged in {log.syncs} log flushes"
     )
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def _install_signal_handlers(server: Server) -> None:
@@ -191,8 +196,9 @@ def _install_signal_handlers(server: Server) -> None:
         nonlocal signals_seen
         signals_seen += 1
         if signals_seen > 1:
-            # Impatient operator: leave now. Whatever was acknowledged is durable already.
-            os._exit(EXIT_STARTUP)
+            # Impatient operator: leave now. Whatever was acknowledged is durable already,
+            # and start-up recovery settles the rest.
+            os._exit(ExitStatus.INTERRUPTED)
         closing.append(loop.create_task(server.close()))
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -206,7 +212,9 @@ def _loop_factory(choice: LoopChoice) -> tuple[Callable[[], asyncio.AbstractEven
         import uvloop  # noqa: PLC0415 (optional at run time)
     except ImportError:
         if choice is LoopChoice.UVLOOP:
-            raise ImportError("--loop uvloop: uvloop is not installed") from None
+            raise StartupError(
+                "asrv: --loop uvloop: uvloop is not installed", ExitStatus.USAGE
+            ) from None
         return asyncio.new_event_loop, "asyncio"
     return uvloop.new_event_loop, "uvloop"
 

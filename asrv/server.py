@@ -14,23 +14,20 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from asrv.auditlog import AuditLog
 from asrv.channel import Channel
 from asrv.config import Config
 from asrv.connection import Connection, Services
-from asrv.errors import FatalError
+from asrv.errors import ExitStatus, FatalError, StartupError
 from asrv.locks import LockTable
 from asrv.pool import WorkerPool
 from asrv.recovery import RecoveryReport, recover
 from asrv.store import Store
 
 BACKLOG = 1024
-
-
-class StartupError(Exception):
-    """The server cannot start; the message is the one line to show the operator."""
 
 
 class Server:
@@ -105,7 +102,7 @@ class Server:
         try:
             root_fd = os.open(config.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as error:
-            raise StartupError(f"cannot serve root {config.root}: {error.strerror}") from None
+            raise StartupError(f"asrv: cannot serve root {config.root}: {error.strerror}") from None
         self._resources.callback(os.close, root_fd)
 
         if config.log_is_stderr:
@@ -116,12 +113,16 @@ class Server:
             try:
                 log_fd = os.open(config.log, flags, 0o644)
             except OSError as error:
-                raise StartupError(f"cannot open log {config.log}: {error.strerror}") from None
+                raise StartupError(
+                    f"asrv: cannot open log {config.log}: {error.strerror}", ExitStatus.LOG_UNUSABLE
+                ) from None
             self._resources.callback(os.close, log_fd)
         try:
             self.recovery = recover(root_fd, None if config.log_is_stderr else log_fd)
         except OSError as error:
-            raise StartupError(f"cannot recover {config.root}: {error}") from None
+            raise StartupError(
+                f"asrv: cannot recover {config.root}: {error}", ExitStatus.RECOVERY_FAILED
+            ) from None
         info = os.fstat(log_fd)
         is_file = stat.S_ISREG(info.st_mode)
         # A pipe or a terminal cannot be fsync'd: there, lines are only written in order.
@@ -214,6 +215,28 @@ class Server:
             del self._connections[connection]
 
 
+async def serve(
+    config: Config, *, shutdown_trigger: Callable[[], Awaitable[object]] | None = None
+) -> None:
+    """Serve until `shutdown_trigger()` completes (or forever), then close gracefully.
+
+    Raises `StartupError` if the server cannot start and `FatalError` if it had to stop.
+    """
+    async with Server(config) as server:
+        if shutdown_trigger is None:
+            await server.serve_forever()
+            return
+        trigger = asyncio.ensure_future(shutdown_trigger())
+        serving = asyncio.ensure_future(server.serve_forever())
+        try:
+            await asyncio.wait({trigger, serving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            trigger.cancel()
+            serving.cancel()
+        if serving.done() and not serving.cancelled():
+            serving.result()  # a fail-stop: raise its FatalError
+
+
 def _bind(host: str, port: int) -> socket.socket:
     """Bind and listen on a numeric address without any name resolution."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -224,7 +247,7 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as error:
         if error.errno in (errno.EADDRINUSE, errno.EACCES):
             raise StartupError("Invalid Port") from None
-        raise StartupError(f"cannot listen on {host}: {error.strerror}") from None
+        raise StartupError(f"asrv: cannot listen on {host}: {error.strerror}") from None
     # Accepted sockets inherit this: a response's head and small body leave in one segment
     # instead of waiting for the client's delayed ACK (both loops set it too).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

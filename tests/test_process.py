@@ -49,8 +49,14 @@ def test_unusable_root(tmp_path: Path) -> None:
 @pytest.mark.parametrize("threads", ["0", "-3"])
 def test_invalid_thread_count(threads: str, tmp_path: Path) -> None:
     done = run_cli("--root", str(tmp_path), "-t", threads, "0")
-    assert done.returncode == 1
-    assert len(done.stderr.splitlines()) == 1
+    assert done.returncode == 2
+    assert done.stderr == "asrv: threads must be at least 1\n"
+
+
+def test_unusable_log(tmp_path: Path) -> None:
+    done = run_cli("--root", str(tmp_path), "--log", str(tmp_path / "no" / "log"), "0")
+    assert done.returncode == 4
+    assert done.stderr.startswith("asrv: cannot open log ") and len(done.stderr.splitlines()) == 1
 
 
 def test_listens_within_one_second(site: Site, spawn_server: Callable[..., Process]) -> None:
