@@ -66,15 +66,24 @@ class Channel(asyncio.Protocol):
 
     # The coroutine's side.
 
-    async def read(self, limit: int) -> bytes:
+    def now(self) -> float:
+        return self._loop.time()
+
+    async def read(self, limit: int, deadline: float | None = None) -> bytes:
         """Up to `limit` bytes; b"" at EOF or when the connection is gone.
 
-        Raises TimeoutError when nothing arrives for `timeout` seconds.
+        Raises TimeoutError when nothing arrives for `timeout` seconds, or by `deadline`
+        (a time of `now()`), whichever comes first.
         """
         while not self._chunks:
             if self._eof:
                 return b""
-            await self._wait()
+            wait = self.timeout
+            if deadline is not None:
+                wait = min(wait, deadline - self._loop.time())
+                if wait <= 0:
+                    raise TimeoutError
+            await self._wait(wait)
         chunk = self._chunks.popleft()
         if len(chunk) > limit:
             chunk, rest = chunk[:limit], chunk[limit:]
@@ -98,7 +107,7 @@ class Channel(asyncio.Protocol):
         while self._writing_paused and not self.lost:
             unsent = transport.get_write_buffer_size()
             try:
-                await self._wait()
+                await self._wait(self.timeout)
             except TimeoutError:
                 if transport.get_write_buffer_size() >= unsent:
                     raise
@@ -119,10 +128,10 @@ class Channel(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def _wait(self) -> None:
-        """Sleep until a callback wakes this channel, or `timeout` seconds pass."""
+    async def _wait(self, seconds: float) -> None:
+        """Sleep until a callback wakes this channel, or `seconds` pass (TimeoutError)."""
         waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(self.timeout, _expire, waiter)
+        timer = self._loop.call_later(seconds, _expire, waiter)
         try:
             await waiter
         finally:

@@ -72,6 +72,32 @@ def build_parser() -> argparse.ArgumentParser:
         "byte (default: %(default)s)",
     )
     parser.add_argument(
+        "--head-timeout",
+        type=float,
+        default=defaults.head_timeout,
+        help="seconds a request head may take, however it trickles in (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-rate",
+        type=int,
+        default=defaults.min_rate,
+        help="bytes/s a request body must average after its first --timeout seconds "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="connections beyond this are closed on accept (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-body",
+        type=int,
+        default=defaults.max_body,
+        metavar="BYTES",
+        help="largest Content-Length accepted; larger gets 413 (default: no limit)",
+    )
+    parser.add_argument(
         "--keep-alive", action="store_true", help="keep connections open for further requests"
     )
     parser.add_argument(
@@ -107,6 +133,10 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, bool]:
             root=args.root,
             host=args.host,
             timeout=args.timeout,
+            head_timeout=args.head_timeout,
+            min_rate=args.min_rate,
+            max_connections=args.max_connections,
+            max_body=args.max_body,
             keep_alive=args.keep_alive,
             fsync=args.fsync,
             loop=LoopChoice(args.loop),

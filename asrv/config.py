@@ -34,6 +34,14 @@ class Config:
     """Numeric address to bind."""
     timeout: float = 5.0
     """Seconds a connection may go without sending or accepting a byte."""
+    head_timeout: float = 10.0
+    """Seconds a request head may take from its first byte to its empty line."""
+    min_rate: int = 1024
+    """Bytes per second a request body must average once it has taken `timeout` seconds."""
+    max_connections: int = 10000
+    """Open connections beyond this are closed as soon as they are accepted."""
+    max_body: int | None = None
+    """Largest Content-Length accepted (413 beyond it); None for no limit."""
     keep_alive: bool = False
     """Serve several requests per connection (RFC 9112 persistence)."""
     fsync: bool = True
@@ -50,10 +58,16 @@ class Config:
             raise ValueError("threads must be an integer")
         if self.threads < 1:
             raise ValueError("threads must be at least 1")
-        if not (isinstance(self.timeout, int | float) and math.isfinite(self.timeout)):
-            raise ValueError("timeout must be a finite number of seconds")
-        if self.timeout <= 0:
-            raise ValueError("timeout must be positive")
+        for name in ("timeout", "head_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number of seconds")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive, finite number of seconds")
+        _require_count("min_rate", self.min_rate, minimum=0)
+        _require_count("max_connections", self.max_connections, minimum=1)
+        if self.max_body is not None:
+            _require_count("max_body", self.max_body, minimum=0)
         if not self.log:
             raise ValueError("log must be a path or '-'")
         try:
@@ -66,3 +80,10 @@ class Config:
     @property
     def log_is_stderr(self) -> bool:
         return self.log == STDERR
+
+
+def _require_count(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}")

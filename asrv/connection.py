@@ -102,6 +102,12 @@ class Connection:
                 error.status, error.line, error.request_id, close_requested=error.connection_close
             )
             return False
+        max_body = self._config.max_body
+        if max_body is not None and (request.content_length or 0) > max_body:
+            await self._respond(
+                Status.PAYLOAD_TOO_LARGE, request.line, request.request_id, request.connection_close
+            )
+            return False
         if request.method is Method.PUT:
             return await self._put(request)
         return await self._get(request)
@@ -118,6 +124,8 @@ class Connection:
         """The next request head, or None if the client closed (or, between keep-alive
         requests, idled out) before sending a byte of it."""
         line: RequestLine | None = None
+        # However the head trickles in, it must be whole by this time (slowloris).
+        deadline = self._channel.now() + self._config.head_timeout if self._buffer else None
         while True:
             buffer = self._buffer
             end = buffer.find(HEAD_END, 0, MAX_HEAD)
@@ -132,7 +140,7 @@ class Connection:
             if len(buffer) >= MAX_HEAD:
                 raise oversized_head_error(buffer)
             try:
-                data = await self._channel.read(CHUNK)
+                data = await self._channel.read(CHUNK, deadline)
             except TimeoutError:
                 if not buffer and self._requests:
                     return None
@@ -141,6 +149,8 @@ class Connection:
                 if not buffer:
                     return None
                 raise self._incomplete_head(line)
+            if deadline is None:
+                deadline = self._channel.now() + self._config.head_timeout
             self.idle = False
             self._buffer = buffer + data
 
@@ -148,12 +158,12 @@ class Connection:
         """The 400 for a head the client stopped sending (it is logged if its line parsed)."""
         return HttpError(Status.BAD_REQUEST, line, request_id_of_partial_head(self._buffer))
 
-    async def _receive(self, limit: int) -> bytes:
+    async def _receive(self, limit: int, deadline: float | None) -> bytes:
         """Bytes already buffered (read past a head), else one read from the socket."""
         if self._buffer:
             data, self._buffer = self._buffer[:limit], self._buffer[limit:]
             return data
-        return await self._channel.read(limit)
+        return await self._channel.read(limit, deadline)
 
     async def _read_body(
         self, length: int, sink: Callable[[bytes], Awaitable[None] | None] | None
@@ -163,9 +173,17 @@ class Connection:
         With a sink, each piece is handed to it (and awaited if it returns an awaitable).
         """
         remaining = length
+        started = self._channel.now()
+        min_rate = self._config.min_rate
         while remaining:
+            # Past its first `timeout` seconds, a body must keep averaging `min_rate`
+            # bytes/s: a client trickling bytes cannot hold a connection forever.
+            received = length - remaining
+            deadline = None
+            if min_rate:
+                deadline = started + max(self._config.timeout, received / min_rate)
             try:
-                data = await self._receive(min(remaining, CHUNK))
+                data = await self._receive(min(remaining, CHUNK), deadline)
             except TimeoutError:
                 return False
             if not data:

@@ -36,6 +36,7 @@ class Status(enum.IntEnum):
     BAD_REQUEST = 400
     FORBIDDEN = 403
     NOT_FOUND = 404
+    PAYLOAD_TOO_LARGE = 413
     INTERNAL_ERROR = 500
     NOT_IMPLEMENTED = 501
     VERSION_NOT_SUPPORTED = 505
@@ -56,6 +57,7 @@ _PHRASES = {
     Status.BAD_REQUEST: "Bad Request",
     Status.FORBIDDEN: "Forbidden",
     Status.NOT_FOUND: "Not Found",
+    Status.PAYLOAD_TOO_LARGE: "Payload Too Large",
     Status.INTERNAL_ERROR: "Internal Server Error",
     Status.NOT_IMPLEMENTED: "Not Implemented",
     Status.VERSION_NOT_SUPPORTED: "Version Not Supported",

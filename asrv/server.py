@@ -202,6 +202,10 @@ class Server:
         if self._stopped.is_set():
             channel.abort()
             return
+        if len(self._connections) >= self.config.max_connections:
+            # Over the limit: refuse this one at once rather than let it hold memory.
+            channel.close()
+            return
         assert self._services is not None
         connection = Connection(self._services, channel)
         self._connections[connection] = asyncio.get_running_loop().create_task(

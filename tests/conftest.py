@@ -14,12 +14,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import pytest_asyncio
@@ -116,12 +117,32 @@ def split_response(data: bytes) -> tuple[int, bytes]:
     return int(match[1]), body
 
 
+class _Drain:
+    """Reads a child's pipe to the end in a thread, so a chatty child never blocks on it."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._chunks: list[bytes] = []
+        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _run(self, stream: IO[bytes]) -> None:
+        while chunk := stream.read1(65536):
+            self._chunks.append(chunk)
+
+    def text(self, timeout: float = 30) -> str:
+        """Everything the child wrote after its start-up lines (call once it has exited)."""
+        self._thread.join(timeout)
+        return b"".join(self._chunks).decode()
+
+
 @dataclass
 class Process:
     popen: subprocess.Popen[bytes]
     port: int
     first_line: str
     earlier_lines: list[str]
+    stdout: _Drain
+    stderr: _Drain
 
     @property
     def pid(self) -> int:
@@ -129,6 +150,23 @@ class Process:
 
     def threads(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/task"))
+
+    def descriptors(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_kib(self) -> int:
+        """Resident memory now, in KiB."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status)[1])  # type: ignore[index]
+
+    def cpu_ticks(self) -> int:
+        """User plus system CPU time used so far, in clock ticks (1/100 s)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    def peak_rss_kib(self) -> int:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)", status)[1])  # type: ignore[index]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.popen.poll() is None:
@@ -141,24 +179,32 @@ def spawn_server(site: Site) -> Iterator[Callable[..., Process]]:
     """Start `python -m asrv` on a free port; every process is ended by its PID."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def spawn(*args: str, diagnostics: str = "stderr") -> Process:
+    def spawn(*args: str, diagnostics: str = "stderr", **popen: Any) -> Process:
         argv = [sys.executable, "-m", "asrv", "--host", HOST, "--root", str(site.root)]
         if "-l" not in args and "--log" not in args:
             argv += ["--log", str(site.log)]
         argv += [*args]
         if not any(arg.isdigit() for arg in args):
             argv.append("0")
-        popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        started.append(popen)
-        stream = popen.stderr if diagnostics == "stderr" else popen.stdout
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+        started.append(process)
+        stream = process.stderr if diagnostics == "stderr" else process.stdout
         assert stream is not None
         seen = []
         for _ in range(3):  # a recovery report may come before the listening line
             seen.append(stream.readline().decode())
             match = re.search(r"listening on http://[^ ]+:(\d+) ", seen[-1])
             if match is not None:
-                return Process(popen, int(match[1]), seen[-1], seen[:-1])
-        raise AssertionError((seen, popen.poll()))
+                assert process.stdout is not None and process.stderr is not None
+                return Process(
+                    process,
+                    int(match[1]),
+                    seen[-1],
+                    seen[:-1],
+                    _Drain(process.stdout),
+                    _Drain(process.stderr),
+                )
+        raise AssertionError((seen, process.poll()))
 
     yield spawn
     for popen in started:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import stat
 
 import pytest
 
@@ -64,6 +66,7 @@ CASES: list[tuple[bytes, bytes, str | None]] = [
     (b"GET /dir HTTP/1.1\r\n\r\n", FORBIDDEN, "GET,/dir,403,0"),
     (b"GET /link HTTP/1.1\r\n\r\n", FORBIDDEN, "GET,/link,403,0"),
     (b"GET /fifo HTTP/1.1\r\n\r\n", FORBIDDEN, "GET,/fifo,403,0"),
+    (b"PUT /fifo HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", FORBIDDEN, "PUT,/fifo,403,0"),
     (b"GET /audit.log HTTP/1.1\r\n\r\n", FORBIDDEN, "GET,/audit.log,403,0"),
     (b"PUT /dir HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", FORBIDDEN, "PUT,/dir,403,0"),
     (b"PUT /link HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", FORBIDDEN, "PUT,/link,403,0"),
@@ -79,6 +82,8 @@ def hostile_root(site: Site) -> Site:
     (site.root / "target").write_bytes(b"secret")
     os.symlink("target", site.root / "link")
     os.mkfifo(site.root / "fifo")
+    with contextlib.suppress(PermissionError):  # device nodes need privileges
+        os.mknod(site.root / "device", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     return Site(site.root, site.root / "audit.log")
 
 
@@ -108,6 +113,19 @@ def head_of_size(size: int) -> bytes:
     head += b"X: " + b"v" * (remaining - 5) + b"\r\n\r\n"
     assert len(head) == size
     return head
+
+
+@pytest.mark.parametrize("method", [b"GET", b"PUT"])
+async def test_device_files_are_forbidden(
+    hostile_root: Site, running_server: ServerFactory, method: bytes
+) -> None:
+    if not (hostile_root.root / "device").exists():
+        pytest.skip("creating a device node is not permitted here")
+    request = method + b" /device HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"
+    async with running_server(log=str(hostile_root.log)) as server:
+        assert await exchange(server.port, request) == FORBIDDEN
+    assert hostile_root.log_lines() == [f"{method.decode()},/device,403,0"]
+    assert (hostile_root.root / "device").is_char_device()
 
 
 async def test_head_limit_is_2048_bytes(site: Site, running_server: ServerFactory) -> None:

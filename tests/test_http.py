@@ -673,6 +673,9 @@ FIXED = {
     Status.BAD_REQUEST: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\n\r\nBad Request\n",
     Status.FORBIDDEN: b"HTTP/1.1 403 Forbidden\r\nContent-Length: 10\r\n\r\nForbidden\n",
     Status.NOT_FOUND: b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\n\r\nNot Found\n",
+    Status.PAYLOAD_TOO_LARGE: (
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 18\r\n\r\nPayload Too Large\n"
+    ),
     Status.INTERNAL_ERROR: (
         b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 22\r\n\r\nInternal Server Error\n"
     ),
@@ -698,6 +701,10 @@ FIXED_CLOSE = {
     Status.NOT_FOUND: (
         b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nNot Found\n"
     ),
+    Status.PAYLOAD_TOO_LARGE: (
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 18\r\nConnection: close\r\n\r\n"
+        b"Payload Too Large\n"
+    ),
     Status.INTERNAL_ERROR: (
         b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 22\r\nConnection: close\r\n\r\n"
         b"Internal Server Error\n"
@@ -714,7 +721,8 @@ FIXED_CLOSE = {
 
 
 def test_status_table_is_exactly_the_spec() -> None:
-    assert {int(s) for s in Status} == {200, 201, 400, 403, 404, 500, 501, 505}
+    # The contract's table, plus 413 for the optional --max-body limit.
+    assert {int(s) for s in Status} == {200, 201, 400, 403, 404, 413, 500, 501, 505}
     assert set(FIXED) == set(Status)
     assert set(FIXED_CLOSE) == set(Status)
 

@@ -137,5 +137,4 @@ def test_log_on_stderr_owns_it(site: Site, spawn_server: Callable[..., Process])
     assert asyncio.run(exchange(server.port, b"nonsense\r\n\r\n")) == response(400, "Bad Request")
     assert asyncio.run(get(server.port, "zz", 2)) == response(404, "Not Found")
     assert server.stop() == 0
-    assert server.popen.stderr is not None
-    assert server.popen.stderr.read().decode() == "GET,/a,200,1\nGET,/zz,404,2\n"
+    assert server.stderr.text() == "GET,/a,200,1\nGET,/zz,404,2\n"
