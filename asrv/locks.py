@@ -21,7 +21,8 @@ class RWLock:
     """A reader/writer lock for threads; neither side can starve the other."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._active_readers = 0
         self._writer_active = False
         self._waiting_writers = 0
@@ -34,7 +35,7 @@ class RWLock:
         self._batch = 0
 
     def acquire_read(self) -> None:
-        with self._cond:
+        with self._mutex:
             if not self._writer_active and self._waiting_writers == 0:
                 self._active_readers += 1
                 return
@@ -44,13 +45,14 @@ class RWLock:
                 self._cond.wait()
 
     def release_read(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._active_readers -= 1
-            if self._active_readers == 0:
+            # Only a writer can be waiting for the readers to leave.
+            if self._active_readers == 0 and self._waiting_writers:
                 self._cond.notify_all()
 
     def acquire_write(self) -> None:
-        with self._cond:
+        with self._mutex:
             ticket = self._next_ticket
             self._next_ticket += 1
             self._waiting_writers += 1
@@ -60,14 +62,16 @@ class RWLock:
             self._writer_active = True
 
     def release_write(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._writer_active = False
             self._serving += 1
-            if self._waiting_readers:
-                self._active_readers += self._waiting_readers
+            admitted = self._waiting_readers
+            if admitted:
+                self._active_readers += admitted
                 self._waiting_readers = 0
                 self._batch += 1
-            self._cond.notify_all()
+            if admitted or self._waiting_writers:
+                self._cond.notify_all()
 
     @contextmanager
     def read(self) -> Iterator[None]:
@@ -94,6 +98,11 @@ class _Entry:
         self.users = 0
 
 
+SPARE_LOCKS = 64
+"""Idle locks kept for reuse: building a lock (a Condition and its mutex) costs more than
+the rest of an uncontended GET's locking."""
+
+
 class LockTable:
     """One `RWLock` per key, created on first use and dropped when no thread needs it.
 
@@ -104,34 +113,26 @@ class LockTable:
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         self._entries: dict[str, _Entry] = {}
+        self._spare: list[_Entry] = []
 
     def __len__(self) -> int:
         with self._mutex:
             return len(self._entries)
 
-    @contextmanager
-    def read(self, key: str) -> Iterator[None]:
-        entry = self._checkout(key)
-        try:
-            with entry.lock.read():
-                yield
-        finally:
-            self._checkin(key, entry)
+    def read(self, key: str) -> _Hold:
+        """`with table.read(key):` hold `key` shared."""
+        return _Hold(self, key, exclusive=False)
 
-    @contextmanager
-    def write(self, key: str) -> Iterator[None]:
-        entry = self._checkout(key)
-        try:
-            with entry.lock.write():
-                yield
-        finally:
-            self._checkin(key, entry)
+    def write(self, key: str) -> _Hold:
+        """`with table.write(key):` hold `key` exclusively."""
+        return _Hold(self, key, exclusive=True)
 
     def _checkout(self, key: str) -> _Entry:
         with self._mutex:
             entry = self._entries.get(key)
             if entry is None:
-                entry = self._entries[key] = _Entry()
+                entry = self._spare.pop() if self._spare else _Entry()
+                self._entries[key] = entry
             entry.users += 1
             return entry
 
@@ -139,4 +140,33 @@ class LockTable:
         with self._mutex:
             entry.users -= 1
             if entry.users == 0:
+                # Nobody holds or waits for it: its lock is idle and can serve another key.
                 del self._entries[key]
+                if len(self._spare) < SPARE_LOCKS:
+                    self._spare.append(entry)
+
+
+class _Hold:
+    """A held (or about to be held) entry of a `LockTable`, as a context manager."""
+
+    __slots__ = ("_entry", "_exclusive", "_key", "_table")
+
+    def __init__(self, table: LockTable, key: str, *, exclusive: bool) -> None:
+        self._table = table
+        self._key = key
+        self._exclusive = exclusive
+
+    def __enter__(self) -> None:
+        entry = self._entry = self._table._checkout(self._key)
+        if self._exclusive:
+            entry.lock.acquire_write()
+        else:
+            entry.lock.acquire_read()
+
+    def __exit__(self, *exc_info: object) -> None:
+        entry = self._entry
+        if self._exclusive:
+            entry.lock.release_write()
+        else:
+            entry.lock.release_read()
+        self._table._checkin(self._key, entry)
