@@ -121,8 +121,7 @@ def parse_request_line(line: bytes) -> RequestLine:
     match = _REQUEST_LINE.fullmatch(line)
     if match is None:
         raise HttpError(Status.BAD_REQUEST)
-    method, uri, version = (part.decode("ascii") for part in match.groups())
-    return RequestLine(method, uri, version)
+    return RequestLine(match[1].decode(), match[2].decode(), match[3].decode())
 
 
 def oversized_head_error(buffer: bytes) -> HttpError:
@@ -165,7 +164,8 @@ def parse_head(head: bytes) -> Request:
     # The id and Connection are read from the well-formed fields even when others are
     # malformed: a rejected request is still logged with the id its client sent.
     request_id = _request_id(headers)
-    close = _has_token(headers.get("connection", ""), "close")
+    connection = headers.get("connection")
+    close = connection is not None and _has_token(connection, "close")
     if line.version != "HTTP/1.1":
         raise HttpError(
             Status.VERSION_NOT_SUPPORTED, line, request_id or NO_REQUEST_ID, connection_close=close
