@@ -229,7 +229,11 @@ def _install_signal_handlers(server: Server) -> None:
             # Impatient operator: leave now. Whatever was acknowledged is durable already,
             # and start-up recovery settles the rest.
             os._exit(ExitStatus.INTERRUPTED)
-        closing.append(loop.create_task(server.close()))
+        task = loop.create_task(server.close())
+        # `_serve` awaits the same close and reports how it ended; marking the outcome
+        # retrieved here keeps a failed close from being reported twice.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        closing.append(task)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)

@@ -76,6 +76,11 @@ def recover(root_fd: int, log_fd: int | None) -> RecoveryReport:
         else:
             _unlink(name, root_fd)
             removed += 1
+    if redo and log_fd is not None:
+        # A line found in the log may still be only in the page cache (the crash came
+        # between its write and its fdatasync): make it durable before the PUT it logs
+        # takes effect, or a power cut could keep the effect and lose the line.
+        os.fsync(log_fd)
     # Oldest first: if a file has several, the one logged last must end up in place.
     for _, name, target in sorted(redo):
         os.rename(name, target, src_dir_fd=root_fd, dst_dir_fd=root_fd)

@@ -153,12 +153,19 @@ class Store:
             self.abandon(upload)
             return self._failed_put(line, request_id)
         self._close_upload(upload)
-        with self._locks.write(line.filename):
-            status = self._status_for_put(line.filename)
-            if status in (Status.OK, Status.CREATED):
-                status, seq = self._install(line, request_id, status, upload.name)
-            else:
-                seq = self.log.append(log_entry(line, status, request_id))
+        try:
+            with self._locks.write(line.filename):
+                status = self._status_for_put(line.filename)
+                if status in (Status.OK, Status.CREATED):
+                    status, seq = self._install(line, request_id, status, upload.name)
+                else:
+                    seq = self.log.append(log_entry(line, status, request_id))
+        except FatalError:
+            # The log failed before the upload was renamed for its line (after that rename
+            # this unlink finds nothing, and recovery settles the committed temp).
+            with contextlib.suppress(OSError):
+                os.unlink(upload.name, dir_fd=self._root)
+            raise
         if status not in (Status.OK, Status.CREATED):
             with contextlib.suppress(OSError):
                 os.unlink(upload.name, dir_fd=self._root)

@@ -27,6 +27,7 @@ import pytest_asyncio
 import uvloop
 
 from asrv import Config, Server
+from asrv.cli import build_parser
 
 HOST = "127.0.0.1"
 
@@ -184,7 +185,10 @@ def spawn_server(site: Site) -> Iterator[Callable[..., Process]]:
         if "-l" not in args and "--log" not in args:
             argv += ["--log", str(site.log)]
         argv += [*args]
-        if not any(arg.isdigit() for arg in args):
+        # Port 0 unless the arguments name one (the 4 of "-t 4" is no port).
+        parser = build_parser()
+        parser.set_defaults(port=None)
+        if parser.parse_args(list(args)).port is None:
             argv.append("0")
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
         started.append(process)
