@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
 import socket
 import stat
@@ -49,6 +50,7 @@ class Server:
         self._connections: dict[Connection, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
+        self._started = False
         self._failure: FatalError | None = None
         self._port = 0
         self.recovery = RecoveryReport()
@@ -82,12 +84,21 @@ class Server:
         await self.close()
 
     async def start(self) -> None:
-        """Open the root and the log, recover from a crash, start the workers, then listen."""
+        """Bind, open the root and the log, recover from a crash, start the workers, listen.
+
+        A server starts once: a second call, or one after `close()`, raises `RuntimeError`.
+        """
+        if self._started or self._closing is not None:
+            raise RuntimeError("an asrv.Server starts once; make a new one to serve again")
+        self._started = True
         try:
-            store = self._start_resources()
+            # Bound first, so that a port in use fails before recovery touches the root;
+            # listening waits until the workers run.
             sock = _bind(self.config.host, self.config.port)
             self._resources.callback(sock.close)
             self._port = sock.getsockname()[1]
+            store = self._start_resources()
+            _listen(sock)
             self._services = Services(self.config, self._pool, store, self._fail, self._stopped)
             timeout = self.config.timeout
             self._listener = await asyncio.get_running_loop().create_server(
@@ -104,6 +115,11 @@ class Server:
         except OSError as error:
             raise StartupError(f"asrv: cannot serve root {config.root}: {error.strerror}") from None
         self._resources.callback(os.close, root_fd)
+        try:
+            # One server per root: another one's recovery would delete this one's uploads.
+            fcntl.flock(root_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StartupError(f"asrv: root {config.root} is served by another asrv") from None
 
         if config.log_is_stderr:
             log_fd = 2
@@ -220,13 +236,20 @@ class Server:
 
 
 async def serve(
-    config: Config, *, shutdown_trigger: Callable[[], Awaitable[object]] | None = None
+    config: Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    on_start: Callable[[Server], object] | None = None,
 ) -> None:
     """Serve until `shutdown_trigger()` completes (or forever), then close gracefully.
 
-    Raises `StartupError` if the server cannot start and `FatalError` if it had to stop.
+    `on_start(server)` is called once the server listens (read `server.port` there when the
+    config asked for port 0). Raises `StartupError` if the server cannot start, `FatalError`
+    if it had to stop, and whatever the trigger raised (after closing gracefully).
     """
     async with Server(config) as server:
+        if on_start is not None:
+            on_start(server)
         if shutdown_trigger is None:
             await server.serve_forever()
             return
@@ -239,21 +262,38 @@ async def serve(
             serving.cancel()
         if serving.done() and not serving.cancelled():
             serving.result()  # a fail-stop: raise its FatalError
+        if trigger.done() and not trigger.cancelled():
+            trigger.result()  # the trigger failed: raise that, after the graceful close
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """Bind and listen on a numeric address without any name resolution."""
+    """Bind (not yet listen) on a numeric address without any name resolution."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        # Accepted sockets inherit this: a response's head and small body leave in one
+        # segment instead of waiting for the client's delayed ACK (both loops set it too).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
     except OverflowError:
+        sock.close()
         raise StartupError("Invalid Port") from None
     except OSError as error:
+        sock.close()
         if error.errno in (errno.EADDRINUSE, errno.EACCES):
             raise StartupError("Invalid Port") from None
         raise StartupError(f"asrv: cannot listen on {host}: {error.strerror}") from None
-    # Accepted sockets inherit this: a response's head and small body leave in one segment
-    # instead of waiting for the client's delayed ACK (both loops set it too).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(False)
     return sock
+
+
+def _listen(sock: socket.socket) -> None:
+    try:
+        sock.listen(BACKLOG)
+    except OSError as error:  # another socket took this port between bind and listen
+        if error.errno == errno.EADDRINUSE:
+            raise StartupError("Invalid Port") from None
+        raise StartupError(f"asrv: cannot listen: {error.strerror}") from None
