@@ -1,8 +1,11 @@
-"""Sessions: `nox` runs tests, lint and typecheck; `nox -s bench` measures (not by default)."""
+"""Sessions: `nox` runs tests, lint and typecheck; `nox -s bench` measures and `nox -s build`
+checks the packages (neither runs by default)."""
 
 from __future__ import annotations
 
 import shutil
+import tempfile
+from pathlib import Path
 
 import nox
 
@@ -43,3 +46,37 @@ def bench(session: nox.Session) -> None:
         session.run("apt-get", "install", "-y", "-qq", "wrk", external=True)
     session.install(".")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build the wheel and the sdist, install each (and an editable copy) into a fresh venv,
+    and smoke-test every install with its own Python; not run by default."""
+    project = Path.cwd()
+    smoke = project / "tests" / "smoke_installed.py"
+    session.install("build")
+    work = Path(tempfile.mkdtemp(prefix="asrv-build-"))
+    try:
+        dist = work / "dist"
+        session.run("python", "-m", "build", "--outdir", str(dist), str(project))
+        wheels, sdists = sorted(dist.glob("asrv-*.whl")), sorted(dist.glob("asrv-*.tar.gz"))
+        if len(wheels) != 1 or len(sdists) != 1:
+            session.error(f"expected one wheel and one sdist, got {wheels + sdists}")
+        installs = {
+            "wheel": [str(wheels[0])],
+            "sdist": [str(sdists[0])],
+            "editable": ["-e", str(project)],
+        }
+        for kind, target in installs.items():
+            venv = work / f"venv-{kind}"
+            python = str(venv / "bin" / "python")
+            session.log(f"{kind}: install into a fresh venv")
+            session.run("python", "-m", "venv", str(venv))
+            pip_install = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            session.run(*pip_install, *target, external=True)
+            expected = project if kind == "editable" else venv
+            # From a directory without the source tree, so that the installed copy is tested.
+            with session.chdir(work):
+                session.run(python, str(smoke), str(expected), external=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
