@@ -63,3 +63,15 @@ def test_curl_example(spawn_server: Callable[..., Process], site: Site) -> None:
         "GET,/hello.txt,200,curl-5",
     ]
     assert (site.root / "hello.txt").read_text() == "replaced\n"
+
+
+def test_verify_example() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "verify.py"), "300"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "check: 300 requests, 300 log lines, 0 violations" in done.stdout

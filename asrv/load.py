@@ -1,0 +1,646 @@
+"""A bounded, concurrent load driver for a running asrv that records what every client saw.
+
+    python -m asrv.load --port 8080 --root ./files --history run.jsonl --requests 5000
+
+Each request goes on a new connection with a unique `Request-Id` (`RUN-N`, where RUN is a
+random tag of this run) and `Connection: close`. A PUT's body is derived from its id
+(`body_for`: sha256 of the id, repeated to the length), so contents can be recomputed from an
+id alone. The history (`--history`, JSON lines) is what `python -m asrv.check` needs to judge
+the server's audit log: a header, then one record per request, in completion order:
+
+    {"type": "header", "format": "asrv-history", "version": 1, "run": "5f0c9a1e",
+     "target": "127.0.0.1:8080", "initial": {"/load-0": {"sha256": "9f86...", "length": 4},
+     "/load-1": null}, "options": {...}}
+    {"type": "request", "id": "5f0c9a1e-0", "method": "PUT", "uri": "/load-0",
+     "body_sha256": "2c26...", "body_length": 4096, "invoke": 5021.25, "complete": 5021.31,
+     "status": 201, "response_sha256": "a1b2...", "response_length": 8, "error": null}
+
+`initial` maps each URI the run uses to its content before the first request (`null`: absent);
+it is itself `null` without `--root`, and the checker then infers the start state. `invoke` is
+`time.monotonic()` just before connecting and `complete` just after the whole response was
+read. A request that got no whole response has `status`, `complete` and the response fields
+`null` and says why in `error` (`gave-up: ...` when the plan was to abandon it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import json
+import math
+import random
+import re
+import secrets
+import socket
+import stat
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TextIO
+
+HISTORY_FORMAT = "asrv-history"
+HISTORY_VERSION = 1
+SLOW_MODES = ("stall-upload", "slow-read")
+
+STALLED_PUT_SHARE = 0.25
+"""With `--slow stall-upload`, the share of PUTs that pause part-way through their body."""
+GIVE_UP_SHARE = 0.2
+"""The share of stalled PUTs that never finish their body (they close or reset instead)."""
+STALL_SECONDS = (0.05, 0.5)
+"""Range of an upload pause: well under the server's default 5 s timeout."""
+SLOW_READ_SHARE = 0.25
+"""With `--slow slow-read`, the share of requests whose client reads the response slowly."""
+SLOW_READ_PAUSES = 32
+"""A slow reader takes a body in at most this many pieces (of 4 KiB or more), pausing after each."""
+SLOW_READ_PAUSE = 0.01
+SLOW_READ_BUFFER = 4096
+"""Receive buffer of a slow reader's socket: small, so that the server's sends must wait."""
+READ_CHUNK = 1 << 16
+CLOSE_GRACE = 1.0
+PROGRESS_EVERY = 3.0
+"""Seconds between progress lines; shorter runs print none."""
+
+
+class LoadError(Exception):
+    """The load cannot run as asked (bad option, non-loopback target, unusable root)."""
+
+
+class BadResponse(Exception):
+    """The server's answer is not an HTTP/1.1 response with a Content-Length."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What `run_load` does; each field mirrors the command-line option of the same name."""
+
+    port: int
+    host: str = "127.0.0.1"
+    allow_remote: bool = False
+    clients: int = 16
+    requests: int = 1000
+    uris: int = 4
+    get_ratio: float = 0.5
+    min_body: int = 0
+    max_body: int = 1 << 20
+    seed: int | None = None
+    duration: float | None = None
+    slow: frozenset[str] = frozenset()
+    root: Path | None = None
+    history: Path | None = None
+    request_timeout: float = 30.0
+
+    def validate(self) -> None:
+        """Raise `LoadError` naming the first option that cannot work."""
+        problems = [
+            (not 1 <= self.port <= 65535, "--port must be 1-65535"),
+            (self.clients < 1, "--clients must be at least 1"),
+            (self.requests < 0, "--requests must not be negative"),
+            (self.uris < 1, "--uris must be at least 1"),
+            (not 0 <= self.get_ratio <= 1, "--get-ratio must be between 0 and 1"),
+            (not 0 <= self.min_body <= self.max_body, "need 0 <= --min-body <= --max-body"),
+            (self.duration is not None and self.duration <= 0, "--duration must be positive"),
+            (self.request_timeout <= 0, "--request-timeout must be positive"),
+            (not self.slow <= set(SLOW_MODES), f"--slow takes {' or '.join(SLOW_MODES)}"),
+        ]
+        for failed, message in problems:
+            if failed:
+                raise LoadError(message)
+        _check_target(self.host, self.allow_remote)
+
+    def describe(self) -> dict[str, Any]:
+        """The options as JSON values, for the history header."""
+        return {
+            "clients": self.clients,
+            "requests": self.requests,
+            "uris": self.uris,
+            "get_ratio": self.get_ratio,
+            "min_body": self.min_body,
+            "max_body": self.max_body,
+            "seed": self.seed,
+            "duration": self.duration,
+            "slow": sorted(self.slow),
+            "root": None if self.root is None else str(self.root),
+            "request_timeout": self.request_timeout,
+        }
+
+
+def _check_target(host: str, allow_remote: bool) -> None:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise LoadError(f"--host must be a numeric address, not {host!r}") from None
+    if not address.is_loopback and not allow_remote:
+        raise LoadError(f"{host} is not a loopback address (use --allow-remote to load it)")
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """A PUT that sends `sent` body bytes, pauses, then finishes or gives up."""
+
+    sent: int
+    pause: float
+    then: Literal["resume", "close", "reset"]
+
+    def __str__(self) -> str:
+        return f"{self.then} after {self.pause:.2f} s and {self.sent} body bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRequest:
+    """One request to send: everything about it is decided before it is sent."""
+
+    request_id: str
+    method: str
+    uri: str
+    body_length: int = 0
+    stall: Stall | None = None
+    slow_read: bool = False
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """A request as its client saw it: one record of the history."""
+
+    request_id: str
+    method: str
+    uri: str
+    body_sha256: str | None
+    body_length: int
+    invoke: float
+    complete: float | None = None
+    status: int | None = None
+    response_sha256: str | None = None
+    response_length: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> str:
+        """The record as one line of the history (without the newline)."""
+        return json.dumps(
+            {
+                "type": "request",
+                "id": self.request_id,
+                "method": self.method,
+                "uri": self.uri,
+                "body_sha256": self.body_sha256,
+                "body_length": self.body_length,
+                "invoke": self.invoke,
+                "complete": self.complete,
+                "status": self.status,
+                "response_sha256": self.response_sha256,
+                "response_length": self.response_length,
+                "error": self.error,
+            }
+        )
+
+
+@dataclass
+class Summary:
+    """What a run did: requests finished, by status and by kind of error."""
+
+    run: str
+    seed: int | None = None
+    requests: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    elapsed: float = 0.0
+
+    def add(self, record: RequestRecord) -> None:
+        """Count one finished request."""
+        self.requests += 1
+        if record.status is not None:
+            self.statuses[record.status] += 1
+        if record.error is not None:
+            self.errors[record.error.partition(":")[0]] += 1
+
+    @property
+    def failures(self) -> int:
+        """Requests that got no response although the plan was to finish them."""
+        return sum(count for kind, count in self.errors.items() if kind != "gave-up")
+
+    def line(self) -> str:
+        """The one-line summary the command prints."""
+        rate = self.requests / self.elapsed if self.elapsed > 0 else 0.0
+        statuses = " ".join(f"{code}:{n}" for code, n in sorted(self.statuses.items()))
+        errors = " ".join(f"{kind}:{n}" for kind, n in sorted(self.errors.items()))
+        return (
+            f"asrv.load: run {self.run} (seed {self.seed}): {self.requests} requests in "
+            f"{self.elapsed:.1f} s ({rate:.0f} req/s); statuses {statuses or 'none'}; "
+            f"errors {errors or 'none'}"
+        )
+
+
+def uri_names(count: int) -> list[str]:
+    """The URIs a run with `--uris count` uses."""
+    return [f"/load-{number}" for number in range(count)]
+
+
+def body_for(request_id: str, length: int) -> bytes:
+    """The body of the PUT with this id: sha256(id) repeated to `length` bytes."""
+    block = hashlib.sha256(request_id.encode()).digest()
+    return (block * (length // len(block) + 1))[:length]
+
+
+def log_uniform(rng: random.Random, low: int, high: int) -> int:
+    """A size in [low, high] whose logarithm is uniform: tiny and huge bodies both occur."""
+    size = math.exp(rng.uniform(math.log(low + 1), math.log(high + 1))) - 1
+    return min(high, max(low, round(size)))
+
+
+def plan_requests(options: LoadOptions, run: str) -> Iterator[PlannedRequest]:
+    """The run's requests in the order they are issued; the seed makes them repeatable."""
+    rng = random.Random(options.seed)
+    uris = uri_names(options.uris)
+    for number in range(options.requests):
+        yield _plan_one(rng, options, uris, f"{run}-{number}")
+
+
+def _plan_one(
+    rng: random.Random, options: LoadOptions, uris: list[str], request_id: str
+) -> PlannedRequest:
+    uri = rng.choice(uris)
+    slow_read = "slow-read" in options.slow and rng.random() < SLOW_READ_SHARE
+    if rng.random() < options.get_ratio:
+        return PlannedRequest(request_id, "GET", uri, slow_read=slow_read)
+    length = log_uniform(rng, options.min_body, options.max_body)
+    stall = _plan_stall(rng, length) if "stall-upload" in options.slow else None
+    return PlannedRequest(request_id, "PUT", uri, length, stall, slow_read)
+
+
+def _plan_stall(rng: random.Random, length: int) -> Stall | None:
+    if length == 0 or rng.random() >= STALLED_PUT_SHARE:
+        return None
+    then: Literal["resume", "close", "reset"] = "resume"
+    if rng.random() < GIVE_UP_SHARE:
+        then = rng.choice(("close", "reset"))
+    return Stall(rng.randrange(length), rng.uniform(*STALL_SECONDS), then)
+
+
+def request_head(planned: PlannedRequest) -> bytes:
+    """The request line and headers of a planned request."""
+    lines = [
+        f"{planned.method} {planned.uri} HTTP/1.1",
+        f"Request-Id: {planned.request_id}",
+        "Connection: close",
+    ]
+    if planned.method == "PUT":
+        lines.append(f"Content-Length: {planned.body_length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def perform(
+    planned: PlannedRequest,
+    host: str,
+    port: int,
+    timeout: float = 30.0,  # noqa: ASYNC109 (the record must say which request timed out)
+) -> RequestRecord:
+    """Send one request on a new connection and record what came back.
+
+    Never raises for network trouble: a request without a whole response is recorded with
+    `status` None and the reason in `error`.
+    """
+    body = body_for(planned.request_id, planned.body_length) if planned.method == "PUT" else b""
+    record = RequestRecord(
+        planned.request_id,
+        planned.method,
+        planned.uri,
+        hashlib.sha256(body).hexdigest() if planned.method == "PUT" else None,
+        len(body),
+        invoke=time.monotonic(),
+    )
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await _connect(host, port, planned.slow_read)
+            await _exchange(reader, writer, planned, body, record)
+    except TimeoutError:
+        record.error = f"timeout: no whole response within {timeout} s"
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
+        record.error = f"connection: {type(error).__name__}: {error}"
+    except BadResponse as error:
+        record.error = f"bad-response: {error}"
+    finally:
+        if writer is not None:
+            await _close(writer)
+    return record
+
+
+async def _connect(
+    host: str, port: int, small_receive_buffer: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if not small_receive_buffer:
+        return await asyncio.open_connection(host, port)
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_READ_BUFFER)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
+
+async def _exchange(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    planned: PlannedRequest,
+    body: bytes,
+    record: RequestRecord,
+) -> None:
+    if not await _send(writer, planned, body):
+        record.error = f"gave-up: {planned.stall} of {planned.body_length}"
+        return
+    status, digest, length = await read_response(reader, planned.slow_read)
+    record.complete = time.monotonic()
+    record.status, record.response_sha256, record.response_length = status, digest, length
+
+
+async def _send(writer: asyncio.StreamWriter, planned: PlannedRequest, body: bytes) -> bool:
+    """Write the request; False when the plan is to give up part-way (connection ended)."""
+    writer.write(request_head(planned))
+    stall = planned.stall
+    if stall is None:
+        writer.write(body)
+        await writer.drain()
+        return True
+    writer.write(body[: stall.sent])
+    await writer.drain()
+    await asyncio.sleep(stall.pause)
+    if stall.then == "resume":
+        writer.write(body[stall.sent :])
+        await writer.drain()
+        return True
+    if stall.then == "reset":
+        writer.transport.abort()
+    else:
+        writer.close()
+    return False
+
+
+async def read_response(reader: asyncio.StreamReader, slow: bool) -> tuple[int, str, int]:
+    """Read one whole response: (status, sha256 of the body, body length)."""
+    if slow:
+        await asyncio.sleep(SLOW_READ_PAUSE)
+    status, length = parse_response_head(await reader.readuntil(b"\r\n\r\n"))
+    digest = hashlib.sha256()
+    chunk = max(SLOW_READ_BUFFER, -(-length // SLOW_READ_PAUSES)) if slow else READ_CHUNK
+    remaining = length
+    while remaining > 0:
+        data = await reader.readexactly(min(remaining, chunk))
+        digest.update(data)
+        remaining -= len(data)
+        if slow:
+            await asyncio.sleep(SLOW_READ_PAUSE)
+    return status, digest.hexdigest(), length
+
+
+def parse_response_head(head: bytes) -> tuple[int, int]:
+    """(status, Content-Length) of a response head ending with the empty line."""
+    status_line, *header_lines = head[: -len(b"\r\n\r\n")].split(b"\r\n")
+    match = re.fullmatch(rb"HTTP/1\.1 ([0-9]{3}) [ -~]*", status_line)
+    if match is None:
+        raise BadResponse(f"status line {status_line[:80]!r}")
+    lengths = [
+        value.strip()
+        for name, _, value in (line.partition(b":") for line in header_lines)
+        if name.lower() == b"content-length"
+    ]
+    if len(lengths) != 1 or not lengths[0].isdigit():
+        raise BadResponse(f"Content-Length headers {lengths!r}")
+    return int(match[1]), int(lengths[0])
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    # The server may have reset the connection first, or stopped reading: neither matters
+    # once the response is in, so give up on a graceful close after a moment.
+    with contextlib.suppress(OSError, TimeoutError):
+        async with asyncio.timeout(CLOSE_GRACE):
+            await writer.wait_closed()
+    writer.transport.abort()
+
+
+def snapshot_initial(root: Path, uris: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """The content (sha256 and length, or None if absent) of each URI's file in `root`."""
+    initial: dict[str, dict[str, Any] | None] = {}
+    for uri in uris:
+        path = root / uri.removeprefix("/")
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            initial[uri] = None
+            continue
+        except OSError as error:
+            raise LoadError(f"cannot read the initial state of {path}: {error}") from None
+        if not stat.S_ISREG(mode):
+            raise LoadError(f"{path} is not a regular file: the checker could not model it")
+        initial[uri] = file_content(path)
+    return initial
+
+
+def file_content(path: Path) -> dict[str, Any]:
+    """sha256 and length of a file, read in pieces."""
+    digest = hashlib.sha256()
+    length = 0
+    with path.open("rb") as stream:
+        while data := stream.read(READ_CHUNK):
+            digest.update(data)
+            length += len(data)
+    return {"sha256": digest.hexdigest(), "length": length}
+
+
+def history_header(
+    run: str, target: str, initial: dict[str, dict[str, Any] | None] | None, **extra: Any
+) -> dict[str, Any]:
+    """The first record of a history; `initial` None means the start state is unknown."""
+    return {
+        "type": "header",
+        "format": HISTORY_FORMAT,
+        "version": HISTORY_VERSION,
+        "run": run,
+        "target": target,
+        "initial": initial,
+        **extra,
+    }
+
+
+class HistoryWriter:
+    """Writes a history file as the run goes (a no-op without a path): header, then records."""
+
+    def __init__(self, path: Path | None, header: dict[str, Any]) -> None:
+        self._stream: TextIO | None = None
+        if path is not None:
+            try:
+                self._stream = path.open("w", encoding="utf-8")
+            except OSError as error:
+                raise LoadError(f"cannot write the history: {error}") from None
+            self._stream.write(json.dumps(header) + "\n")
+
+    def write(self, record: RequestRecord) -> None:
+        """Append one request's record."""
+        if self._stream is not None:
+            self._stream.write(record.to_json() + "\n")
+
+    def __enter__(self) -> HistoryWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+
+async def run_load(options: LoadOptions, progress: TextIO | None = None) -> Summary:
+    """Run the load `options` describe, write its history if asked, and sum it up.
+
+    Stops issuing requests when all are sent or `duration` has passed; requests in flight
+    then finish, each bounded by `request_timeout`. Progress lines go to `progress`, if
+    given, every few seconds.
+    """
+    options.validate()
+    if options.seed is None:  # a random plan, yet one that a failing run can be repeated from
+        options = replace(options, seed=secrets.randbits(32))
+    run = secrets.token_hex(4)
+    # Read before the first request, while nothing else can change the files.
+    initial = (
+        None if options.root is None else snapshot_initial(options.root, uri_names(options.uris))
+    )
+    header = history_header(
+        run, f"{options.host}:{options.port}", initial, options=options.describe()
+    )
+    summary = Summary(run, options.seed)
+    with HistoryWriter(options.history, header) as history:
+
+        def finished(record: RequestRecord) -> None:
+            history.write(record)
+            summary.add(record)
+
+        started = time.monotonic()
+        reporter = None
+        if progress is not None:
+            reporter = asyncio.create_task(
+                _report_progress(summary, options.requests, started, progress)
+            )
+        try:
+            await _drive(options, plan_requests(options, run), finished, started)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+        summary.elapsed = time.monotonic() - started
+    return summary
+
+
+async def _drive(
+    options: LoadOptions,
+    plan: Iterator[PlannedRequest],
+    finished: Callable[[RequestRecord], None],
+    started: float,
+) -> None:
+    deadline = None if options.duration is None else started + options.duration
+    async with asyncio.TaskGroup() as clients:
+        for _ in range(options.clients):
+            clients.create_task(_client(plan, options, deadline, finished))
+
+
+async def _client(
+    plan: Iterator[PlannedRequest],
+    options: LoadOptions,
+    deadline: float | None,
+    finished: Callable[[RequestRecord], None],
+) -> None:
+    # The clients share one plan: each takes the next request when its previous one is done.
+    for planned in plan:
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        finished(await perform(planned, options.host, options.port, options.request_timeout))
+
+
+async def _report_progress(summary: Summary, total: int, started: float, stream: TextIO) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY)
+        elapsed = time.monotonic() - started
+        print(
+            f"asrv.load: {summary.requests}/{total} requests, {summary.requests / elapsed:.0f} "
+            f"req/s, {summary.failures} failed",
+            file=stream,
+            flush=True,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m asrv.load`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m asrv.load",
+        description="Load a running asrv with concurrent GETs and PUTs over a few files and "
+        "record what every client saw, for `python -m asrv.check`.",
+    )
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="server address (default: %(default)s)")
+    add("--allow-remote", action="store_true", help="allow a non-loopback --host")
+    add("--port", type=int, required=True, help="server port")
+    add("--clients", type=int, default=16, help="concurrent clients (default: %(default)s)")
+    add("--requests", type=int, default=1000, help="requests in all (default: %(default)s)")
+    add("--uris", type=int, default=4, help="distinct files (default: %(default)s)")
+    add("--get-ratio", type=float, default=0.5, help="share of GETs (default: %(default)s)")
+    add("--min-body", type=int, default=0, help="smallest PUT body, bytes (default: 0)")
+    add("--max-body", type=int, default=1 << 20, help="largest PUT body (default: 1 MiB)")
+    add("--seed", type=int, help="seed of the request plan (default: random, then shown)")
+    add("--duration", type=float, help="stop issuing requests after this many seconds")
+    add("--request-timeout", type=float, default=30.0, help="seconds per request (default: 30)")
+    add(
+        "--slow",
+        action="append",
+        choices=SLOW_MODES,
+        default=[],
+        help="stall-upload: some PUTs pause mid-body (some then give up); slow-read: some "
+        "clients read responses slowly (repeatable)",
+    )
+    add("--root", type=Path, help="the server's root, to record the files' initial contents")
+    add("--history", type=Path, help="write the history (JSON lines) to this file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; exit status 0 if every request that was meant to finish got a
+    response, 1 if some did not, 2 for a bad command line."""
+    args = build_parser().parse_args(argv)
+    options = LoadOptions(
+        port=args.port,
+        host=args.host,
+        allow_remote=args.allow_remote,
+        clients=args.clients,
+        requests=args.requests,
+        uris=args.uris,
+        get_ratio=args.get_ratio,
+        min_body=args.min_body,
+        max_body=args.max_body,
+        seed=args.seed,
+        duration=args.duration,
+        slow=frozenset(args.slow),
+        root=args.root,
+        history=args.history,
+        request_timeout=args.request_timeout,
+    )
+    try:
+        summary = asyncio.run(run_load(options, progress=sys.stderr))
+    except LoadError as error:
+        print(f"asrv.load: {error}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 0 if summary.failures == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
