@@ -1,11 +1,15 @@
-"""Load asrv with wrk on 127.0.0.1 and print one table of medians.
+"""Benchmark asrv against nginx, aiohttp and http.server on this machine, with wrk.
 
-    python benchmarks/run.py [--seconds 5] [--rounds 3] [--out bench-results/latest.txt]
+    python benchmarks/run.py [--seconds 5] [--rounds 3] [--out bench-results/latest.md]
 
-Cases run in interleaved rounds (A B C A B C ...) so that drift on a shared machine hits them
-alike; each cell is the median over rounds, with the spread (min-max) beside it. "flushes /
-1k" is how many group commits (log fsyncs, or writes with --no-fsync) served 1,000 requests,
-read from the server's own shutdown line.
+Every server runs on 127.0.0.1 on its own port with its own fresh root, one at a time. The
+cells run in interleaved rounds (for each round, for each case: asrv, asrv --no-fsync, nginx,
+aiohttp, http.server), so drift on a shared machine hits all servers alike, and each ratio of
+asrv to a peer is taken within a round before the median over rounds. Each cell reports the
+median req/s with its min-max over rounds, the median p50/p99 latency, and the server's CPU
+time (user + sys from /proc/PID/stat over the wrk run) per request. Then asrv's peak RSS over
+a 1 GiB PUT and a 1 GiB GET. wrk and nginx are installed with apt-get if missing; aiohttp and
+uvloop must be importable (the nox session `bench` installs them).
 """
 
 from __future__ import annotations
@@ -13,152 +17,442 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
+import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
+from types import FrameType
 
-HOST = "127.0.0.1"
-HERE = Path(__file__).parent
+from bench_memory import MemoryResult, measure
+from bench_servers import (
+    ASRV,
+    ASRV_NO_FSYNC,
+    ASRV_THREADS,
+    KINDS,
+    ServerError,
+    ServerKind,
+    cpu_seconds,
+    serving,
+)
+from bench_tools import ToolError, ensure_modules, ensure_programs, program_version
+from bench_wrk import WRK_THREADS, WrkError, WrkResult, run_wrk, write_scripts
 
-PUT_SCRIPT = """
-local body = string.rep("p", 4096)
-local counter = 0
-request = function()
-  counter = counter + 1
-  local name = "/put" .. (counter % 16)
-  return wrk.format("PUT", name, {["Content-Length"] = "4096", ["Connection"] = "close"}, body)
-end
-"""
+SHUTDOWN_LINE = re.compile(r"stopped after (\d+) requests logged in (\d+) log flushes")
+ASRV_USUAL_LINE = re.compile(r"listening on http://|stopped after \d+ requests")
+CELL_OVERHEAD_SECONDS = 1.0  # start, readiness, stop, fresh root: measured on 2 cores
+MEMORY_SECONDS = 15
 
 
 @dataclass(frozen=True)
 class Case:
-    name: str
+    key: str
+    title: str
+    path: str
     clients: int
     keep_alive: bool
-    fsync: bool
-    path: str = "/file4k"
     script: str | None = None
+    writes: bool = False
+
+
+CASES = (
+    Case("get4k-close", "GET 4 KiB, 1 request/connection, 16 clients", "/file4k", 16, False),
+    Case("get4k-ka", "GET 4 KiB, keep-alive, 64 clients", "/file4k", 64, True),
+    Case("get1m-ka", "GET 1 MiB, keep-alive, 16 clients", "/file1m", 16, True),
+    Case(
+        "put4k-close",
+        "PUT 4 KiB, 1 request/connection, 16 clients",
+        "/",
+        16,
+        False,
+        "put-close",
+        True,
+    ),
+    Case(
+        "mix",
+        "90% GET / 10% PUT of 4 KiB on 16 files, keep-alive, 16 clients",
+        "/",
+        16,
+        True,
+        "mix",
+        True,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    round: int
+    wrk: WrkResult
+    cpu_us_per_request: float
+    flushes_per_1k: float | None
 
 
 @dataclass
-class Samples:
-    rates: list[float] = field(default_factory=list)
-    p50: list[float] = field(default_factory=list)
-    p99: list[float] = field(default_factory=list)
-    flushes: list[float] = field(default_factory=list)
+class Cell:
+    case: Case
+    kind: ServerKind
+    samples: list[Sample] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    remarks: list[str] = field(default_factory=list)
+
+    @property
+    def applicable(self) -> bool:
+        return self.kind.supports_put or not self.case.writes
+
+    def rates(self) -> list[float]:
+        return [sample.wrk.rate for sample in self.samples]
+
+    def rate_in_round(self, round_number: int) -> float | None:
+        for sample in self.samples:
+            if sample.round == round_number:
+                return sample.wrk.rate
+        return None
 
 
-def cases() -> list[Case]:
-    result = []
-    for fsync in (True, False):
-        result += [
-            Case("GET 4 KiB, close, 16 clients", 16, False, fsync),
-            Case("GET 4 KiB, keep-alive, 64 clients", 64, True, fsync),
-            Case("PUT 4 KiB, close, 16 clients", 16, False, fsync, "/", PUT_SCRIPT),
-        ]
-    return result
+@dataclass(frozen=True)
+class Tools:
+    wrk: str
+    nginx: str
+    scripts: dict[str, Path]
 
 
-def run_case(case: Case, seconds: float, workdir: Path) -> tuple[float, float, float, float]:
-    root = Path(tempfile.mkdtemp(dir=workdir))
-    (root / "file4k").write_bytes(b"g" * 4096)
-    log = root.parent / f"{root.name}.log"
-    argv = [sys.executable, "-m", "asrv", "--host", HOST, "--root", str(root)]
-    argv += ["--log", str(log), "--threads", "4", "0"]
-    if case.keep_alive:
-        argv.insert(-1, "--keep-alive")
-    if not case.fsync:
-        argv.insert(-1, "--no-fsync")
-    server = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+def main() -> int:
+    args = _parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        assert server.stderr is not None
-        port = int(re.search(r":(\d+) \(", server.stderr.readline())[1])  # type: ignore[index]
-        wrk = ["wrk", "-t2", f"-c{case.clients}", f"-d{int(seconds)}s", "--latency"]
-        if case.script is not None:
-            script = root.parent / f"{root.name}.lua"
-            script.write_text(case.script)
-            wrk += ["-s", str(script)]
-        elif not case.keep_alive:
-            wrk += ["-H", "Connection: close"]
-        output = subprocess.run(
-            [*wrk, f"http://{HOST}:{port}{case.path}"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=seconds + 60,
-        ).stdout
+        ensure_modules()
+        wrk, nginx = ensure_programs()
+    except ToolError as error:
+        print(f"benchmarks/run.py: {error}", file=sys.stderr)
+        return 2
+    load_before = os.getloadavg()[0]
+    workdir = Path(tempfile.mkdtemp(prefix="asrv-bench-"))
+    try:
+        tools = Tools(wrk, nginx, write_scripts(workdir))
+        cells = {(case.key, kind.key): Cell(case, kind) for case in CASES for kind in KINDS}
+        _announce(cells, args.seconds, args.rounds)
+        for round_number in range(1, args.rounds + 1):
+            for case in CASES:
+                for kind in KINDS:
+                    cell = cells[case.key, kind.key]
+                    if cell.applicable:
+                        _run_cell(cell, round_number, args, tools, workdir)
+        memory = _run_memory(workdir)
+    except KeyboardInterrupt:
+        print("benchmarks/run.py: interrupted; every server was stopped", file=sys.stderr)
+        return 130
     finally:
-        server.terminate()
-        _, tail = server.communicate(timeout=60)
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
-    p50 = _latency_ms(output, "50%")
-    p99 = _latency_ms(output, "99%")
-    stopped = re.search(r"after (\d+) requests logged in (\d+) log flushes", tail)
-    assert stopped is not None, tail
-    requests, flushes = int(stopped[1]), int(stopped[2])
-    shutil.rmtree(root)
-    return rate, p50, p99, 1000 * flushes / max(requests, 1)
-
-
-def _latency_ms(output: str, percentile: str) -> float:
-    match = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)\b", output)
-    assert match is not None, output
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match[2]]
-    return float(match[1]) * scale
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("bench-results/latest.txt"))
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed (apt-get install wrk)")
-    samples = {case: Samples() for case in cases()}
-    with tempfile.TemporaryDirectory() as directory:
-        for round_number in range(args.rounds):
-            for case, sample in samples.items():
-                rate, p50, p99, flushes = run_case(case, args.seconds, Path(directory))
-                sample.rates.append(rate)
-                sample.p50.append(p50)
-                sample.p99.append(p99)
-                sample.flushes.append(flushes)
-                print(
-                    f"round {round_number + 1}: {case.name}, fsync {case.fsync}: {rate:.0f} req/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    lines = [
-        f"asrv benchmark, {time.strftime('%Y-%m-%d')}, {_cores()} cores, "
-        f"{args.rounds} rounds x {args.seconds:g} s, wrk -t2, 4 worker threads",
-        "",
-        "| case | fsync | req/s median (min-max) | p50 ms | p99 ms | flushes / 1k req |",
-        "|---|---|---|---|---|---|",
-    ]
-    for case, sample in samples.items():
-        lines.append(
-            f"| {case.name} | {'on' if case.fsync else 'off'} "
-            f"| {statistics.median(sample.rates):.0f} "
-            f"({min(sample.rates):.0f}-{max(sample.rates):.0f}) "
-            f"| {statistics.median(sample.p50):.2f} | {statistics.median(sample.p99):.2f} "
-            f"| {statistics.median(sample.flushes):.0f} |"
-        )
-    table = "\n".join(lines)
-    print(table)
+        shutil.rmtree(workdir, ignore_errors=True)
+    report = render(cells, memory, args, nginx, (load_before, os.getloadavg()[0]))
+    print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n")
+    args.out.write_text(report + "\n")
+    print(f"\nwritten to {args.out}", file=sys.stderr)
+    return 0
 
 
-def _cores() -> int:
-    return os.cpu_count() or 0
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--seconds", type=_positive, default=5, help="length of each wrk run (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds", type=_positive, default=3, help="interleaved rounds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results/latest.md"),
+        help="report file, also printed (default: %(default)s)",
+    )
+    return parser.parse_args()
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _announce(cells: dict[tuple[str, str], Cell], seconds: int, rounds: int) -> None:
+    count = sum(cell.applicable for cell in cells.values())
+    estimate = count * rounds * (seconds + CELL_OVERHEAD_SECONDS) + MEMORY_SECONDS
+    print(
+        f"{count} cells x {rounds} rounds x {seconds} s, then the 1 GiB memory check: "
+        f"about {estimate / 60:.1f} min",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _populate(root: Path) -> None:
+    (root / "file4k").write_bytes(b"g" * 4096)
+    (root / "file1m").write_bytes(b"G" * (1 << 20))
+    for index in range(16):
+        (root / f"mix{index}").write_bytes(b"m" * 4096)
+
+
+def _run_cell(
+    cell: Cell, round_number: int, args: argparse.Namespace, tools: Tools, workdir: Path
+) -> None:
+    case, kind = cell.case, cell.kind
+    work = Path(tempfile.mkdtemp(prefix=f"{case.key}-{kind.key}-", dir=workdir))
+    root = work / "root"
+    root.mkdir()
+    _populate(root)
+    label = f"round {round_number}/{args.rounds}: {case.title}: {kind.label}"
+    try:
+        with serving(kind, root, work, keep_alive=case.keep_alive, nginx=tools.nginx) as server:
+            before = cpu_seconds(server.pid)
+            result = run_wrk(
+                tools.wrk,
+                server.url(case.path),
+                clients=case.clients,
+                seconds=args.seconds,
+                close=not case.keep_alive,
+                script=tools.scripts[case.script] if case.script else None,
+            )
+            cpu = cpu_seconds(server.pid) - before
+        flushes = None
+        if kind in (ASRV, ASRV_NO_FSYNC):
+            flushes = _flushes_per_1k(server.stopped_output)
+            cell.remarks += _asrv_remarks(server.stopped_output, result, round_number)
+    except (ServerError, WrkError) as error:
+        cell.failures.append(f"round {round_number}: {error}")
+        print(f"{label}: FAILED: {error}", file=sys.stderr, flush=True)
+        return
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    sample = Sample(round_number, result, 1e6 * cpu / max(result.requests, 1), flushes)
+    cell.samples.append(sample)
+    errors = f", errors: {result.describe_errors()}" if result.errors else ""
+    print(
+        f"{label}: {result.rate:,.0f} req/s, p99 {result.p99_ms:.2f} ms, "
+        f"{sample.cpu_us_per_request:.0f} us CPU/req{errors}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _asrv_remarks(output: str, result: WrkResult, round_number: int) -> list[str]:
+    """Anything unusual asrv said, and a log that holds fewer requests than wrk completed."""
+    remarks = [
+        f"round {round_number}: asrv said: {line.strip()}"
+        for line in output.splitlines()
+        if line.strip() and ASRV_USUAL_LINE.search(line) is None
+    ]
+    match = SHUTDOWN_LINE.search(output)
+    if match is None:
+        remarks.append(f"round {round_number}: no shutdown line from asrv")
+    elif int(match[1]) < result.requests:
+        remarks.append(
+            f"round {round_number}: asrv logged {match[1]} requests, "
+            f"wrk completed {result.requests}"
+        )
+    return remarks[:5]
+
+
+def _flushes_per_1k(output: str) -> float | None:
+    match = SHUTDOWN_LINE.search(output)
+    if match is None:
+        return None
+    requests, flushes = int(match[1]), int(match[2])
+    return 1000 * flushes / max(requests, 1)
+
+
+def _run_memory(workdir: Path) -> MemoryResult | str:
+    print("asrv: 1 GiB PUT then 1 GiB GET, reading VmHWM", file=sys.stderr, flush=True)
+    work = workdir / "memory"
+    work.mkdir()
+    try:
+        return measure(work)
+    except (OSError, ServerError) as error:
+        return f"memory check failed: {error}"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def render(
+    cells: dict[tuple[str, str], Cell],
+    memory: MemoryResult | str,
+    args: argparse.Namespace,
+    nginx: str,
+    load: tuple[float, float],
+) -> str:
+    lines = [
+        f"asrv benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {_nproc()} cores, "
+        f"`{_command_line()}`, {args.seconds} s x {args.rounds} rounds",
+        "",
+        f"{_versions(nginx)}; 1-min load average {load[0]:.2f} before, {load[1]:.2f} after",
+        "",
+        "| case | server | req/s median (min-max) | p50 ms | p99 ms | CPU us/req "
+        "| asrv / this, fsync / no-fsync | log flushes / 1k req | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case in CASES:
+        for kind in KINDS:
+            lines.append(_row(cells, cells[case.key, kind.key]))
+    lines += ["", *_notes(cells, memory, args.rounds)]
+    if load[0] > 1.0:
+        lines.append(
+            f"- The machine was busy before the run (1-min load average {load[0]:.2f} on "
+            f"{_nproc()} cores): other processes competed for the CPU, so expect a wide "
+            "spread; rerun on an idle machine for numbers to compare."
+        )
+    return "\n".join(lines)
+
+
+def _row(cells: dict[tuple[str, str], Cell], cell: Cell) -> str:
+    head = f"| {cell.case.title} | {cell.kind.label} "
+    if not cell.applicable:
+        return head + "| n/a | n/a | n/a | n/a | n/a | | |"
+    if not cell.samples:
+        return head + "| failed | | | | | | |"
+    rates = cell.rates()
+    rate = f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
+    p50 = statistics.median(sample.wrk.p50_ms for sample in cell.samples)
+    p99 = statistics.median(sample.wrk.p99_ms for sample in cell.samples)
+    cpu = statistics.median(sample.cpu_us_per_request for sample in cell.samples)
+    if cell.kind in (ASRV, ASRV_NO_FSYNC):
+        ratio = ""
+        flushes = [s.flushes_per_1k for s in cell.samples if s.flushes_per_1k is not None]
+        flush = f"{statistics.median(flushes):.0f}" if flushes else "?"
+    else:
+        ratio = " / ".join(
+            _ratio(cells[cell.case.key, asrv.key], cell) for asrv in (ASRV, ASRV_NO_FSYNC)
+        )
+        flush = ""
+    return (
+        head + f"| {rate} | {p50:.2f} | {p99:.2f} | {cpu:.0f} | {ratio} | {flush} "
+        f"| {_error_summary(cell)} |"
+    )
+
+
+def _ratio(asrv: Cell, peer: Cell) -> str:
+    """Median over rounds of asrv's req/s divided by the peer's in the same round."""
+    ratios = []
+    for sample in peer.samples:
+        mine = asrv.rate_in_round(sample.round)
+        if mine is not None and sample.wrk.rate > 0:
+            ratios.append(mine / sample.wrk.rate)
+    return f"{statistics.median(ratios):.2f}" if ratios else "?"
+
+
+def _error_summary(cell: Cell) -> str:
+    totals: dict[str, int] = {}
+    for sample in cell.samples:
+        for kind, count in sample.wrk.socket_errors.items():
+            totals[kind] = totals.get(kind, 0) + count
+        totals["non-2xx"] = totals.get("non-2xx", 0) + sample.wrk.non_2xx
+    parts = [f"{kind} {count:,}" for kind, count in totals.items() if count]
+    if cell.failures:
+        parts.append(f"{len(cell.failures)} failed")
+    return ", ".join(parts) if parts else "0"
+
+
+def _notes(
+    cells: dict[tuple[str, str], Cell], memory: MemoryResult | str, rounds: int
+) -> list[str]:
+    notes = [
+        f"- Load: wrk -t{WRK_THREADS} --latency (default 2 s request timeout), on the same "
+        "machine; one server at a time, each with a fresh root.",
+        f"- asrv: -t {ASRV_THREADS}. `asrv` rows are the default mode (every log line, and a "
+        "PUT's data, fsync'd before the response, group-committed); `asrv --no-fsync` rows "
+        "write without fsync. Keep-alive cases run asrv with --keep-alive.",
+        "- nginx: 1 worker, access_log off, sendfile on, WebDAV `dav_methods PUT`. aiohttp: "
+        "web.static for GET, a PUT handler streaming to a temporary file renamed over the "
+        "target, uvloop, no access log. Neither fsyncs nor keeps a log.",
+        "- http.server: `python -m http.server`, HTTP/1.0 (closes every connection, also in "
+        "the keep-alive cases), GET only: PUT cells are n/a.",
+        "- asrv / this: asrv's req/s divided by this server's in the same round, median over "
+        "rounds (default asrv / asrv --no-fsync). CPU us/req: user + sys time of the server "
+        "process (with nginx's worker) during the wrk run divided by the requests wrk "
+        "completed (clock tick 10 ms). Log flushes / 1k req: from asrv's shutdown line.",
+        f"- Memory: {memory if isinstance(memory, str) else memory.describe()}.",
+    ]
+    if not isinstance(memory, str) and not memory.ok:
+        notes.append(f"- Memory check did not complete cleanly: {memory.server_output.strip()}")
+    if rounds > 1:
+        spreads = [
+            ((max(cell.rates()) - min(cell.rates())) / statistics.median(cell.rates()), cell)
+            for cell in cells.values()
+            if len(cell.samples) > 1 and statistics.median(cell.rates()) > 0
+        ]
+        if spreads:
+            widest, worst = max(spreads, key=_first)
+            notes.append(
+                f"- Spread between rounds, (max - min) / median of req/s: median "
+                f"{100 * statistics.median(s for s, _ in spreads):.0f} %, widest "
+                f"{100 * widest:.0f} % ({worst.case.title}, {worst.kind.label})."
+            )
+    for cell in cells.values():
+        for failure in cell.failures:
+            notes.append(f"- FAILED {cell.case.title}, {cell.kind.label}: {failure}")
+        for remark in cell.remarks:
+            notes.append(f"- {cell.case.title}, {cell.kind.label}: {remark}")
+    return notes
+
+
+def _first(item: tuple[float, Cell]) -> float:
+    return item[0]
+
+
+def _versions(nginx: str) -> str:
+    asrv = program_version([sys.executable, "-m", "asrv", "--version"])
+    nginx_version = program_version([nginx, "-v"]).removeprefix("nginx version: ")
+    wrk = program_version(["wrk", "--version"]).split(" Copyright")[0]
+    return (
+        f"Python {sys.version.split()[0]}; {asrv}; {nginx_version}; "
+        f"aiohttp {version('aiohttp')}, uvloop {version('uvloop')}; {wrk}; "
+        f"temp files on {_filesystem(Path(tempfile.gettempdir()))}"
+    )
+
+
+def _nproc() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _command_line() -> str:
+    try:
+        raw = Path("/proc/self/cmdline").read_bytes()
+        argv = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    except OSError:
+        argv = [Path(sys.executable).name, *sys.argv]
+    return shlex.join(argv)
+
+
+def _filesystem(path: Path) -> str:
+    """The type of the filesystem holding `path`, from /proc/self/mounts (longest prefix)."""
+    best, kind = "", "?"
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    resolved = str(path.resolve())
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1]
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return f"{best} ({kind})"
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

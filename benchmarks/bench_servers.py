@@ -1,0 +1,306 @@
+"""Start and stop the servers under test on 127.0.0.1, and read their CPU time and memory.
+
+Every server runs as a child process in its own session, on its own port, with its own
+root; it is stopped by its PID (SIGTERM, then SIGKILL if it does not go within a bound), and
+any process it spawned (nginx's worker) is checked to be gone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+ASRV_THREADS = 4
+HERE = Path(__file__).resolve().parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 20.0
+
+NGINX_CONF = """\
+{user}worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path {body_temp};
+    proxy_temp_path {work}/proxy-temp;
+    fastcgi_temp_path {work}/fastcgi-temp;
+    uwsgi_temp_path {work}/uwsgi-temp;
+    scgi_temp_path {work}/scgi-temp;
+    server {{
+        listen {host}:{port};
+        root {root};
+        location / {{
+            dav_methods PUT;
+            create_full_put_path off;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    """One server as it appears in the table."""
+
+    key: str
+    label: str
+    supports_put: bool
+
+
+ASRV = ServerKind("asrv", "asrv", True)
+ASRV_NO_FSYNC = ServerKind("asrv-no-fsync", "asrv --no-fsync", True)
+NGINX = ServerKind("nginx", "nginx (no fsync)", True)
+AIOHTTP = ServerKind("aiohttp", "aiohttp+uvloop (no fsync)", True)
+HTTP_SERVER = ServerKind("http.server", "http.server", False)
+KINDS = (ASRV, ASRV_NO_FSYNC, NGINX, AIOHTTP, HTTP_SERVER)
+
+
+@dataclass
+class Running:
+    kind: ServerKind
+    process: subprocess.Popen[bytes]
+    port: int
+    stderr_path: Path
+    stopped_output: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+
+class ServerError(Exception):
+    """A server did not start or did not stop as it should."""
+
+
+@contextmanager
+def serving(
+    kind: ServerKind, root: Path, work: Path, *, keep_alive: bool, nginx: str
+) -> Iterator[Running]:
+    """Run one server for the duration of the block; its stderr ends up in `stopped_output`."""
+    server = _start(kind, root, work, keep_alive=keep_alive, nginx=nginx)
+    try:
+        yield server
+    finally:
+        stop(server)
+
+
+def start_asrv(root: Path, work: Path, *, fsync: bool, keep_alive: bool) -> Running:
+    argv = [sys.executable, "-m", "asrv", "--host", HOST, "--root", str(root)]
+    argv += ["--log", str(work / "audit.log"), "-t", str(ASRV_THREADS)]
+    if keep_alive:
+        argv.append("--keep-alive")
+    if not fsync:
+        argv.append("--no-fsync")
+    argv.append("0")
+    kind = ASRV if fsync else ASRV_NO_FSYNC
+    stderr_path = work / f"{kind.key}.stderr"
+    server = Running(kind, _spawn(argv, stderr_path), 0, stderr_path)
+    try:
+        server.port = _wait_for_asrv_port(server)
+    except BaseException:
+        stop(server)
+        raise
+    return server
+
+
+def stop(server: Running) -> None:
+    """SIGTERM the server by PID, wait (bounded), SIGKILL if needed; reap anything it left."""
+    children = [(pid, _start_time(pid)) for pid in _descendants(server.pid)]
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=STOP_TIMEOUT)
+            server.stopped_output += f"[killed: no exit within {STOP_TIMEOUT:g} s of SIGTERM]\n"
+    for pid, started in children:
+        _kill_leftover(pid, started)
+    server.stopped_output = _read(server.stderr_path) + server.stopped_output
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live descendants, in seconds."""
+    total = 0
+    for each in [pid, *_descendants(pid)]:
+        fields = _stat_fields(each)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
+    return total / CLOCK_TICKS
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM of a process: the peak resident set size, in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    if match is None:
+        raise ServerError(f"no VmHWM in /proc/{pid}/status")
+    return int(match[1])
+
+
+def _start(kind: ServerKind, root: Path, work: Path, *, keep_alive: bool, nginx: str) -> Running:
+    if kind in (ASRV, ASRV_NO_FSYNC):
+        return start_asrv(root, work, fsync=kind is ASRV, keep_alive=keep_alive)
+    last_error: ServerError | None = None
+    for _attempt in range(3):  # a port found free can be taken before the server binds it
+        port = _free_port()
+        stderr_path = work / f"{kind.key}.stderr"
+        if kind is NGINX:
+            argv = _nginx_argv(nginx, root, work, port)
+        elif kind is AIOHTTP:
+            argv = [sys.executable, str(HERE / "aiohttp_peer.py"), "--root", str(root)]
+            argv += ["--host", HOST, str(port)]
+        elif kind is HTTP_SERVER:
+            argv = [sys.executable, "-m", "http.server", "--bind", HOST]
+            argv += ["--directory", str(root), str(port)]
+        else:
+            raise ValueError(kind)
+        server = Running(kind, _spawn(argv, stderr_path), port, stderr_path)
+        try:
+            _wait_for_port(server)
+        except ServerError as error:
+            stop(server)
+            last_error = error
+            continue
+        except BaseException:
+            stop(server)
+            raise
+        return server
+    assert last_error is not None
+    raise last_error
+
+
+def _nginx_argv(nginx: str, root: Path, work: Path, port: int) -> list[str]:
+    body_temp = root.parent / "nginx-body-temp"
+    conf = work / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(
+            user="user root root;\n" if os.geteuid() == 0 else "",
+            work=work,
+            body_temp=body_temp,
+            host=HOST,
+            port=port,
+            root=root,
+        )
+    )
+    return [nginx, "-p", f"{work}/", "-c", str(conf), "-e", str(work / "nginx-error.log")]
+
+
+def _spawn(argv: list[str], stderr_path: Path) -> subprocess.Popen[bytes]:
+    with stderr_path.open("wb") as stderr:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,  # the terminal's Ctrl-C reaches us; we stop the servers
+        )
+
+
+def _wait_for_asrv_port(server: Running) -> int:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        match = re.search(r"listening on http://[^ ]*:(\d+) ", _read(server.stderr_path))
+        if match is not None:
+            return int(match[1])
+        if server.process.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise ServerError(f"asrv did not start: {_read(server.stderr_path).strip()}")
+
+
+def _wait_for_port(server: Running) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            break
+        try:
+            with socket.create_connection((HOST, server.port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.02)
+    extra = ""
+    if server.kind is NGINX:
+        extra = _read(server.stderr_path.parent / "nginx-error.log")
+    raise ServerError(
+        f"{server.kind.label} did not listen on {server.port}: "
+        f"{_read(server.stderr_path).strip()} {extra.strip()}"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None:
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        children = parents.get(pending.pop(), [])
+        found += children
+        pending += children
+    return found
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name: [state, ppid, ...]."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return None if fields is None else fields[19]  # starttime (stat field 22)
+
+
+def _kill_leftover(pid: int, started: str | None) -> None:
+    """SIGKILL a process the stopped server spawned, if it outlives it by 5 s (same PID and
+    start time, so never a process that merely reused the number)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        fields = _stat_fields(pid)
+        if fields is None or fields[0] in {"Z", "X"} or fields[19] != started:
+            return
+        time.sleep(0.05)
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
