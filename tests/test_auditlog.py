@@ -21,52 +21,9 @@ import pytest
 
 from asrv.auditlog import AuditLog, LogFailure, Reservation
 from asrv.errors import FatalError
+from tests.threads import TIMEOUT, Worker, finish, join, spawn, wait_until
 
-TIMEOUT = 5.0
 APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-
-
-class Worker(threading.Thread):
-    """A daemon thread that keeps the exception its target raised, for the test thread."""
-
-    def __init__(self, target: Callable[[], Any], name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self._fn = target
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._fn()
-        except BaseException as error:  # inspected or re-raised by the test thread
-            self.error = error
-
-
-def spawn(target: Callable[[], Any], name: str = "worker") -> Worker:
-    worker = Worker(target, name)
-    worker.start()
-    return worker
-
-
-def join(*workers: Worker) -> None:
-    for worker in workers:
-        worker.join(TIMEOUT)
-        assert not worker.is_alive(), f"{worker.name} did not finish within {TIMEOUT}s"
-
-
-def finish(*workers: Worker) -> None:
-    """Join within TIMEOUT and re-raise what a worker raised."""
-    join(*workers)
-    for worker in workers:
-        if worker.error is not None:
-            raise worker.error
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.001)
 
 
 def waiters(log: AuditLog) -> int:

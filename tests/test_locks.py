@@ -18,47 +18,7 @@ from typing import Any
 import pytest
 
 from asrv.locks import LockTable, RWLock
-
-TIMEOUT = 5.0
-
-
-class Worker(threading.Thread):
-    """A daemon thread that keeps the exception its target raised, for the test to re-raise."""
-
-    def __init__(self, target: Callable[[], Any], name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self._fn = target
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._fn()
-        except BaseException as error:  # handed to the test thread by finish()
-            self.error = error
-
-
-def spawn(target: Callable[[], Any], name: str = "worker") -> Worker:
-    worker = Worker(target, name)
-    worker.start()
-    return worker
-
-
-def finish(*workers: Worker) -> None:
-    """Join every worker within TIMEOUT; fail if one is stuck, re-raise what one raised."""
-    for worker in workers:
-        worker.join(TIMEOUT)
-        assert not worker.is_alive(), f"{worker.name} did not finish within {TIMEOUT}s"
-    for worker in workers:
-        if worker.error is not None:
-            raise worker.error
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.001)
+from tests.threads import TIMEOUT, finish, spawn, wait_until
 
 
 def waiting(lock: RWLock, *, readers: int = 0, writers: int = 0) -> Callable[[], bool]:
