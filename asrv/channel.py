@@ -14,6 +14,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import cast
 
+_READ = "read"
+_WRITE = "write"
+
 HIGH_WATER = 256 * 1024
 """Buffered unread bytes at which reading from the socket pauses (memory bound)."""
 
@@ -30,6 +33,7 @@ class Channel(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self._waiting_for = _READ
         self.lost = False
 
     # Protocol callbacks, from the loop.
@@ -45,24 +49,24 @@ class Channel(asyncio.Protocol):
         if self._buffered >= HIGH_WATER and not self._reading_paused:
             self._reading_paused = True
             self._transport().pause_reading()
-        self._wake()
+        self._wake(_READ)
 
     def eof_received(self) -> bool:
         self._eof = True
-        self._wake()
+        self._wake(_READ)
         return True  # keep the connection open: the response may still go out
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self.lost = True
-        self._wake()
+        self._wake(None)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        self._wake()
+        self._wake(_WRITE)
 
     # The coroutine's side.
 
@@ -83,7 +87,7 @@ class Channel(asyncio.Protocol):
                 wait = min(wait, deadline - self._loop.time())
                 if wait <= 0:
                     raise TimeoutError
-            await self._wait(wait)
+            await self._wait(wait, _READ)
         chunk = self._chunks.popleft()
         if len(chunk) > limit:
             chunk, rest = chunk[:limit], chunk[limit:]
@@ -107,7 +111,7 @@ class Channel(asyncio.Protocol):
         while self._writing_paused and not self.lost:
             unsent = transport.get_write_buffer_size()
             try:
-                await self._wait(self.timeout)
+                await self._wait(self.timeout, _WRITE)
             except TimeoutError:
                 if transport.get_write_buffer_size() >= unsent:
                     raise
@@ -128,8 +132,11 @@ class Channel(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def _wait(self, seconds: float) -> None:
-        """Sleep until a callback wakes this channel, or `seconds` pass (TimeoutError)."""
+    async def _wait(self, seconds: float, kind: str) -> None:
+        """Sleep until a `kind` event (or the loss of the connection) wakes this channel,
+        or `seconds` pass (TimeoutError). Only the awaited kind wakes it: bytes arriving
+        from a client that does not read must not restart a send's stall timer."""
+        self._waiting_for = kind
         waiter = self._waiter = self._loop.create_future()
         timer = self._loop.call_later(seconds, _expire, waiter)
         try:
@@ -138,8 +145,10 @@ class Channel(asyncio.Protocol):
             timer.cancel()
             self._waiter = None
 
-    def _wake(self) -> None:
+    def _wake(self, kind: str | None) -> None:
         waiter = self._waiter
+        if kind is not None and kind != self._waiting_for:
+            return
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 

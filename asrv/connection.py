@@ -76,6 +76,8 @@ class Connection:
         try:
             while await self._serve_one():
                 self._requests += 1
+                if self._services.stopping.is_set():
+                    break  # shutting down: take no further request on this connection
             await self._linger()
         except FatalError as error:
             self.abort()

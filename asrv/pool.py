@@ -21,6 +21,7 @@ workers share group commits instead of queueing behind each other's fsyncs in on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -45,6 +46,7 @@ class _Operation:
     args: tuple[object, ...]
     future: asyncio.Future[Any]
     durable: bool
+    alone: bool
     discard: Callable[[Any], None] | None
     result: Any = None
     error: BaseException | None = None
@@ -59,9 +61,11 @@ class WorkerPool:
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._settle: Callable[[], None] = _nothing
-        # Appended on the loop, taken by workers: deque's append and popleft are atomic.
+        # Appended on the loop, taken by workers in arrival order under `_taking`: a
+        # stream of PUTs must not keep the operations queued before them waiting.
         self._queue: deque[_Operation] = deque()
-        self._alone: deque[_Operation] = deque()
+        self._taking = threading.Lock()
+        self._drained: asyncio.Future[None] | None = None
         self._jobs = 0  # jobs submitted and not yet reported back; touched on the loop only
 
     def start(self, settle: Callable[[], None] = _nothing) -> None:
@@ -93,13 +97,19 @@ class WorkerPool:
         """
         assert self._loop is not None, "pool not started"
         future: asyncio.Future[T] = self._loop.create_future()
-        operation = _Operation(function, args, future, durable, discard)
-        (self._alone if alone else self._queue).append(operation)
+        self._queue.append(_Operation(function, args, future, durable, alone, discard))
         if self._jobs < self.threads:
             self._jobs += 1
             assert self._executor is not None
             self._executor.submit(self._work)
         return await future
+
+    async def drained(self) -> None:
+        """Return once no operation is queued or running."""
+        while self._jobs or self._queue:
+            assert self._loop is not None
+            self._drained = self._loop.create_future()
+            await self._drained
 
     def shutdown(self) -> None:
         """Wait for running jobs and join every worker thread."""
@@ -128,27 +138,29 @@ class WorkerPool:
         self._loop.call_soon_threadsafe(self._job_done)
 
     def _take_batch(self) -> list[_Operation]:
-        try:
-            return [self._alone.popleft()]
-        except IndexError:
-            pass
-        batch: list[_Operation] = []
+        """The oldest operations: one that must run alone, or up to BATCH that may not."""
         queue = self._queue
-        while len(batch) < BATCH:
-            try:
+        batch: list[_Operation] = []
+        with self._taking:
+            while queue and len(batch) < BATCH:
+                if queue[0].alone:
+                    if not batch:
+                        batch.append(queue.popleft())
+                    break
                 batch.append(queue.popleft())
-            except IndexError:
-                break
         return batch
 
     def _job_done(self) -> None:
         self._jobs -= 1
         # An operation queued while every job was counted, but after this one looked at
         # the queue for the last time, is still waiting: start a job for it.
-        if (self._queue or self._alone) and self._jobs < self.threads:
+        if self._queue and self._jobs < self.threads:
             self._jobs += 1
             assert self._executor is not None
             self._executor.submit(self._work)
+        drained = self._drained
+        if drained is not None and not self._jobs and not drained.done():
+            drained.set_result(None)
 
 
 def _deliver(batch: list[_Operation]) -> None:
@@ -157,7 +169,9 @@ def _deliver(batch: list[_Operation]) -> None:
         future = operation.future
         if future.cancelled():
             if operation.error is None and operation.discard is not None:
-                operation.discard(operation.result)
+                # A failed release must not keep the rest of the batch from its waiters.
+                with contextlib.suppress(OSError):
+                    operation.discard(operation.result)
         elif operation.error is not None:
             future.set_exception(operation.error)
         else:

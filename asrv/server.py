@@ -191,6 +191,8 @@ class Server:
             await asyncio.gather(*tasks, return_exceptions=True)
         log = self._log
         try:
+            # Operations of cancelled connections still run; their lines must be covered.
+            await self._pool.drained()
             if log is not None and log.failure is None:
                 await self._pool.run(log.sync, log.last_seq)
                 if self._log_fd >= 0:
@@ -199,9 +201,11 @@ class Server:
         except OSError as error:
             raise FatalError(f"audit log: cannot make it durable: {error.strerror}") from None
         finally:
-            # Every job has ended (a cancelled connection waits for its job), so joining
-            # the idle workers takes no time on the loop.
+            # Every job has ended, so joining the idle workers takes no time on the loop.
             self._resources.close()
+        if self._failure is not None:
+            # The log failed while shutting down: this was no clean stop.
+            raise self._failure
 
     def _fail(self, failure: FatalError) -> None:
         """Fail-stop: acknowledge nothing more, drop every connection, stop serving."""

@@ -325,3 +325,32 @@ def test_fuzzed_requests_get_exact_answers_and_leave_no_trace(
     assert server.stop() == 0
     assert_log_whole(site)
     assert not [p.name for p in site.root.iterdir() if "_" in p.name or "~" in p.name]
+
+
+def test_client_that_sends_but_never_reads_is_dropped(
+    site: Site, spawn_server: Callable[..., Process]
+) -> None:
+    size = 8 * 1024 * 1024
+    (site.root / "big").write_bytes(b"b" * size)
+    server = spawn_server("--keep-alive", "--timeout", "1")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((HOST, server.port))
+    sock.sendall(b"GET /big HTTP/1.1\r\n\r\n")
+    # Bytes keep arriving from the client, but it takes none: that is a stalled send.
+    for _ in range(12):
+        time.sleep(0.3)
+        try:
+            sock.sendall(b"z")
+        except OSError:
+            break
+    received = 0
+    sock.settimeout(10)
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    except OSError:
+        pass
+    sock.close()
+    assert received < size  # abandoned, not sent in full
+    assert server.stop() == 0

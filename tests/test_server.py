@@ -314,3 +314,33 @@ async def test_slow_but_steady_reader_is_not_cut_off(
             await asyncio.sleep(0.03)  # about 270 KB/s: slower than one chunk per timeout
         writer.close()
     assert split_response(received) == (200, content)
+
+
+async def test_a_stream_of_puts_does_not_starve_gets(
+    site: Site, running_server: ServerFactory
+) -> None:
+    (site.root / "a").write_bytes(b"A")
+    async with running_server(threads=2, keep_alive=True) as server:
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + 6
+
+        async def putter(i: int) -> None:
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            request = f"PUT /p{i} HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789".encode()
+            while loop.time() < stop_at:
+                writer.write(request)
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r")[0]))
+            writer.close()
+
+        putters = [asyncio.ensure_future(putter(i)) for i in range(8)]
+        await asyncio.sleep(1)
+        # Queued behind PUT after PUT, a GET must still be served promptly.
+        started = loop.time()
+        answer = await asyncio.wait_for(
+            exchange(server.port, b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n"), 10
+        )
+        assert answer == response(200, "OK", b"A", close=True)
+        assert loop.time() - started < 3
+        await asyncio.gather(*putters)
