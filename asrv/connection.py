@@ -32,6 +32,7 @@ from asrv.http import (
     RequestLine,
     Status,
     fixed_response,
+    incomplete_head_error,
     oversized_head_error,
     parse_head,
     parse_request_line,
@@ -68,6 +69,10 @@ class Connection:
         self._channel = channel
         self._buffer = b""
         self._requests = 0
+        # A request whose line parsed and whose log line is not yet on its way: if the
+        # connection is cancelled (shutdown), it is still logged, as the 400 it became.
+        # (Its Request-Id is None while the head is incomplete: read it from the buffer.)
+        self._unlogged: tuple[RequestLine, str | None] | None = None
         self.idle = True
         """True while waiting for the first byte of a request: safe to close at shutdown."""
 
@@ -79,6 +84,9 @@ class Connection:
                 if self._services.stopping.is_set():
                     break  # shutting down: take no further request on this connection
             await self._linger()
+        except asyncio.CancelledError:
+            await self._log_cancelled()
+            raise
         except FatalError as error:
             self.abort()
             self._services.on_fatal(error)
@@ -99,6 +107,7 @@ class Connection:
             if head is None:
                 return False
             request = parse_head(head)
+            self._unlogged = (request.line, request.request_id)
         except HttpError as error:
             await self._respond(
                 error.status, error.line, error.request_id, close_requested=error.connection_close
@@ -113,6 +122,22 @@ class Connection:
         if request.method is Method.PUT:
             return await self._put(request)
         return await self._get(request)
+
+    async def _log_cancelled(self) -> None:
+        """Log the request a shutdown cut short (SPEC: every parsed request has a line)."""
+        if self._unlogged is None:
+            return
+        line, request_id = self._unlogged
+        if request_id is None:
+            request_id = request_id_of_partial_head(self._buffer)
+        self._unlogged = None
+        store = self._services.store
+        with contextlib.suppress(asyncio.CancelledError, FatalError):
+            await asyncio.shield(
+                self._services.pool.run(
+                    store.record, line, Status.BAD_REQUEST, request_id, durable=True
+                )
+            )
 
     def _keeps_open(self, request: Request) -> bool:
         """Decided as the response goes out: a shutdown that began meanwhile closes too."""
@@ -139,6 +164,7 @@ class Connection:
                 if line_end >= 0:
                     # A bad request line is a 400 whatever follows: answer it now.
                     line = parse_request_line(buffer[:line_end])
+                    self._unlogged = (line, None)
             if len(buffer) >= MAX_HEAD:
                 raise oversized_head_error(buffer)
             try:
@@ -158,7 +184,7 @@ class Connection:
 
     def _incomplete_head(self, line: RequestLine | None) -> HttpError:
         """The 400 for a head the client stopped sending (it is logged if its line parsed)."""
-        return HttpError(Status.BAD_REQUEST, line, request_id_of_partial_head(self._buffer))
+        return incomplete_head_error(self._buffer, line)
 
     async def _receive(self, limit: int, deadline: float | None) -> bytes:
         """Bytes already buffered (read past a head), else one read from the socket."""
@@ -204,6 +230,7 @@ class Connection:
             await self._respond(Status.BAD_REQUEST, line, request_id, request.connection_close)
             return False
         pool = self._services.pool
+        self._unlogged = None  # a queued operation runs, and logs, even if cancelled
         result = await pool.run(
             self._services.store.get, line, request_id, durable=True, discard=_close_fd
         )
@@ -250,6 +277,7 @@ class Connection:
             parts: list[bytes] = []
             if await self._read_body(length, parts.append):
                 body = b"".join(parts)
+                self._unlogged = None
                 outcome: PutResult | Status = await self._services.pool.run(
                     self._services.store.put_body, line, request_id, body, durable=True, alone=True
                 )
@@ -284,6 +312,7 @@ class Connection:
         if failure is not None:
             await pool.run(store.abandon, upload)
             return failure
+        self._unlogged = None
         return await pool.run(store.put, line, request_id, upload, durable=True, alone=True)
 
     async def _upload(self, upload: Upload, length: int) -> Status | None:
@@ -321,6 +350,7 @@ class Connection:
     async def _record(self, status: Status, line: RequestLine, request_id: str) -> None:
         """Log a request that did no file work, and wait until its line is durable."""
         store = self._services.store
+        self._unlogged = None
         await self._services.pool.run(
             store.record, line, status, request_id or NO_REQUEST_ID, durable=True
         )

@@ -137,10 +137,9 @@ def oversized_head_error(buffer: bytes) -> HttpError:
         line = parse_request_line(buffer[:end])
     except HttpError as error:
         return error
-    request_id = request_id_of_partial_head(buffer)
     if line.version != "HTTP/1.1":
-        return HttpError(Status.VERSION_NOT_SUPPORTED, line, request_id)
-    return HttpError(Status.BAD_REQUEST, line, request_id)
+        return incomplete_head_error(buffer, line, Status.VERSION_NOT_SUPPORTED)
+    return incomplete_head_error(buffer, line)
 
 
 def request_id_of_partial_head(buffer: bytes) -> str:
@@ -149,8 +148,27 @@ def request_id_of_partial_head(buffer: bytes) -> str:
     Used to log a request whose head never completed (the client stalled or left): the
     client's id is logged if it was sent, as it would have been had the head finished.
     """
+    return _request_id(_partial_headers(buffer)) or NO_REQUEST_ID
+
+
+def incomplete_head_error(
+    buffer: bytes, line: RequestLine | None, status: Status = Status.BAD_REQUEST
+) -> HttpError:
+    """The error for a head that never completed (400, or 505 for a bad version); logged
+    if its line parsed, and with `Connection: close` echoed if a whole header line asked."""
+    headers = _partial_headers(buffer)
+    return HttpError(
+        status,
+        line,
+        _request_id(headers) or NO_REQUEST_ID,
+        connection_close=_has_token(headers.get("connection", ""), "close"),
+    )
+
+
+def _partial_headers(buffer: bytes) -> dict[str, str]:
+    """The whole, well-formed header lines of an incomplete head."""
     lines = buffer[:MAX_HEAD].split(b"\r\n")[1:-1]  # without the request line and the tail
-    return _request_id(_well_formed_headers(lines)[0]) or NO_REQUEST_ID
+    return _well_formed_headers(lines)[0]
 
 
 def parse_head(head: bytes) -> Request:

@@ -188,3 +188,15 @@ async def test_rejected_requests_keep_their_request_id(
         oversized = b"GET /c HTTP/1.1\r\nRequest-Id: 11\r\n" + b"X: y\r\n" * 400
         assert await exchange(server.port, oversized) == BAD
     assert site.log_lines() == ["GET,/a,400,9", "GET,/b,400,10", "GET,/c,400,11"]
+
+
+async def test_connection_close_is_echoed_on_incomplete_heads(
+    site: Site, running_server: ServerFactory
+) -> None:
+    close_bad = response(400, "Bad Request", close=True)
+    async with running_server(timeout=0.5) as server:
+        oversized = b"GET /a HTTP/1.1\r\nConnection: close\r\nRequest-Id: 5\r\n" + b"X: y\r\n" * 400
+        assert await exchange(server.port, oversized) == close_bad
+        stalled = b"GET /a HTTP/1.1\r\nConnection: close\r\nRequest-Id: 6\r\nHost: x"
+        assert await exchange(server.port, stalled) == close_bad
+    assert site.log_lines() == ["GET,/a,400,5", "GET,/a,400,6"]

@@ -344,3 +344,32 @@ async def test_a_stream_of_puts_does_not_starve_gets(
         assert answer == response(200, "OK", b"A", close=True)
         assert loop.time() - started < 3
         await asyncio.gather(*putters)
+
+
+async def test_request_cut_short_by_shutdown_is_still_logged(
+    site: Site, running_server: ServerFactory
+) -> None:
+    async with running_server(timeout=1, head_timeout=60, min_rate=0) as server:
+        trickling = []
+        for head in (
+            b"GET /a HTTP/1.1\r\nRequest-Id: 7\r\nX: ",
+            b"PUT /b HTTP/1.1\r\nContent-Length: 1000000\r\nRequest-Id: 8\r\n\r\n",
+        ):
+            _, writer = await asyncio.open_connection(HOST, server.port)
+            writer.write(head)
+            trickling.append(writer)
+
+        async def trickle() -> None:
+            while True:
+                await asyncio.sleep(0.2)
+                for writer in trickling:
+                    writer.write(b"x")
+
+        feeding = asyncio.ensure_future(trickle())
+        await asyncio.sleep(0.5)
+        # Leaving the block waits `timeout` for both, then cuts them short.
+    feeding.cancel()
+    for writer in trickling:
+        writer.close()
+    assert sorted(site.log_lines()) == ["GET,/a,400,7", "PUT,/b,400,8"]
+    assert list(site.root.iterdir()) == []
