@@ -10,6 +10,8 @@ flow control whose timeout bounds a stall rather than a whole transfer.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -19,6 +21,13 @@ _WRITE = "write"
 
 HIGH_WATER = 256 * 1024
 """Buffered unread bytes at which reading from the socket pauses (memory bound)."""
+
+# sendfile(2) errors that mean "not with this file or socket", before any byte went out.
+_SENDFILE_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK}
+
+
+class SendfileUnavailable(Exception):
+    """This connection, or this file, cannot be sent with sendfile(2): copy it instead."""
 
 
 class Channel(asyncio.Protocol):
@@ -117,6 +126,79 @@ class Channel(asyncio.Protocol):
                     raise
         if self.lost:
             raise ConnectionResetError("connection lost")
+
+    async def send_file(self, fd: int, offset: int, count: int) -> int:
+        """Send up to `count` bytes of `fd` from `offset` with sendfile(2), after whatever
+        is queued; returns the bytes sent, fewer only if the file ended first.
+
+        The kernel copies from the page cache to the socket: no byte passes through Python.
+        The caller makes sure those pages are cached (a worker read them), since a read
+        from disk here would stall the loop. The transport is bypassed, so first its buffer
+        must drain; a writability watch on a duplicate of the socket's descriptor then
+        paces the sending (both loops refuse a watch on the transport's own descriptor).
+        Raises SendfileUnavailable if not one byte could be sent this way (no socket, or a
+        file the kernel cannot send), TimeoutError when the client takes no byte for
+        `timeout` seconds, ConnectionError when it is gone.
+        """
+        socket = self._transport().get_extra_info("socket")
+        if socket is None:
+            raise SendfileUnavailable
+        await self._drain()
+        sent = 0
+        watch_fd = -1
+        try:
+            while sent < count:
+                if self.lost:
+                    # The transport closes its socket once the connection is lost: that
+                    # descriptor number may already name another file.
+                    raise ConnectionResetError("connection lost")
+                try:
+                    done = os.sendfile(socket.fileno(), fd, offset + sent, count - sent)
+                except BlockingIOError:
+                    if watch_fd < 0:
+                        watch_fd = os.dup(socket.fileno())
+                    await self._wait_writable(watch_fd)
+                    continue
+                except OSError as error:
+                    if sent == 0 and error.errno in _SENDFILE_UNSUPPORTED:
+                        raise SendfileUnavailable from error
+                    raise
+                if not done:
+                    break  # end of file: it shrank
+                sent += done
+        finally:
+            if watch_fd >= 0:
+                os.close(watch_fd)
+        return sent
+
+    async def _drain(self) -> None:
+        """Wait until the transport has handed every queued byte to the kernel."""
+        transport = self._transport()
+        if not transport.get_write_buffer_size():
+            return
+        # With both limits at zero the transport calls resume_writing once it is empty.
+        transport.set_write_buffer_limits(high=0)
+        try:
+            while transport.get_write_buffer_size() and not self.lost:
+                unsent = transport.get_write_buffer_size()
+                try:
+                    await self._wait(self.timeout, _WRITE)
+                except TimeoutError:
+                    if transport.get_write_buffer_size() >= unsent:
+                        raise
+        finally:
+            if not self.lost:
+                transport.set_write_buffer_limits()
+        if self.lost:
+            raise ConnectionResetError("connection lost")
+
+    async def _wait_writable(self, watch_fd: int) -> None:
+        """Wait until the socket takes bytes again; TimeoutError after `timeout` seconds."""
+        self._loop.add_writer(watch_fd, self._wake, _WRITE)
+        try:
+            await self._wait(self.timeout, _WRITE)
+        finally:
+            self._loop.remove_writer(watch_fd)
 
     def finish_sending(self) -> None:
         """Send FIN after what is queued (the response is complete)."""

@@ -17,8 +17,9 @@ import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from asrv.channel import Channel
+from asrv.channel import Channel, SendfileUnavailable
 from asrv.config import Config
 from asrv.errors import FatalError
 from asrv.http import (
@@ -40,7 +41,9 @@ from asrv.http import (
     response_head,
 )
 from asrv.pool import WorkerPool
-from asrv.store import GetResult, PutResult, Store, Upload
+from asrv.store import WARM_SLICE, GetResult, PutResult, Store, Upload
+
+T = TypeVar("T")
 
 CHUNK = 256 * 1024
 """Most bytes read from a socket, or a file, in one step: the per-connection memory bound."""
@@ -251,6 +254,29 @@ class Connection:
         return keep
 
     async def _stream(self, fd: int, size: int) -> None:
+        """Send `size` bytes of `fd`: with sendfile where the connection allows, else by
+        copying through the pool."""
+        try:
+            await self._send_file(fd, size)
+        except SendfileUnavailable:
+            await self._copy_file(fd, size)
+
+    async def _send_file(self, fd: int, size: int) -> None:
+        """Send the file slice by slice with sendfile on the loop. A worker first brings
+        each slice into the page cache (the GET's own job did the first), so the loop
+        never reads from the disk itself."""
+        pool, store = self._services.pool, self._services.store
+        offset = 0
+        while offset < size:
+            end = min(size, offset + WARM_SLICE)
+            if offset:
+                await pool.run(store.warm, fd, offset, end - offset)
+            sent = await self._channel_call(self._channel.send_file(fd, offset, end - offset))
+            if sent < end - offset:
+                raise _ClientGone("file shrank while being sent")
+            offset = end
+
+    async def _copy_file(self, fd: int, size: int) -> None:
         """Send `size` bytes of `fd`, one pool job per chunk, pacing on the client."""
         offset = 0
         while offset < size:
@@ -368,8 +394,13 @@ class Connection:
 
     async def _send(self, data: bytes) -> None:
         """Write; a client that takes no byte for `timeout` seconds is given up."""
+        await self._channel_call(self._channel.send(data))
+
+    @staticmethod
+    async def _channel_call(sending: Awaitable[T]) -> T:
+        """Await a send; a client that takes no byte for `timeout` seconds is given up."""
         try:
-            await self._channel.send(data)
+            return await sending
         except TimeoutError:
             raise _ClientGone("client stopped reading") from None
 

@@ -150,11 +150,14 @@ class Server:
         )
         self._log = log
         self._log_fd = log_fd if is_file else -1
+        sink_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        self._resources.callback(os.close, sink_fd)
         store = Store(
             root_fd,
             log,
             LockTable(),
             sync_data=config.fsync,
+            sink_fd=sink_fd,
             protected=(info.st_dev, info.st_ino) if is_file else None,
         )
         self._pool.start(settle=lambda: log.sync(log.last_seq))

@@ -29,6 +29,9 @@ from asrv.locks import LockTable
 SMALL_FILE = 64 * 1024
 """Files up to this size are read whole inside the GET's critical step."""
 
+WARM_SLICE = 1024 * 1024
+"""Bytes of a larger file a worker brings into the page cache ahead of the loop's sendfile."""
+
 UPLOAD_PREFIX = ".asrv_upload_"
 COMMIT_PREFIX = ".asrv~"
 
@@ -88,9 +91,12 @@ class Store:
         locks: LockTable,
         *,
         sync_data: bool,
+        sink_fd: int,
         protected: FileIdentity | None = None,
     ) -> None:
+        """`sink_fd` is open for writing on /dev/null: `warm` reads files into it."""
         self._root = root_fd
+        self._sink = sink_fd
         self.log = log
         self._locks = locks
         self._sync_data = sync_data
@@ -109,7 +115,25 @@ class Store:
                 if result.fd is not None:
                     os.close(result.fd)
                 raise
+        if result.fd is not None:
+            # Outside the lock: the descriptor already holds the logged snapshot.
+            self.warm(result.fd, 0, min(result.size, WARM_SLICE))
         return result
+
+    def warm(self, fd: int, offset: int, count: int) -> None:
+        """Bring `count` bytes of `fd` from `offset` into the page cache, waiting for the
+        disk if need be, so that the loop can sendfile them without ever waiting for it.
+
+        sendfile(2) into /dev/null reads the pages without copying them to user space.
+        Failing is harmless: the sender meets the same error (or the shrunk file) itself.
+        """
+        end = offset + count
+        with contextlib.suppress(OSError):
+            while offset < end:
+                done = os.sendfile(self._sink, fd, offset, end - offset)
+                if not done:
+                    return
+                offset += done
 
     def new_upload(self) -> Upload:
         name = f"{UPLOAD_PREFIX}{secrets.token_hex(8)}"
