@@ -8,8 +8,9 @@ Handing one request at a time to a thread costs two cross-thread hops (submit, t
 result back), each a GIL hand-off; under load that, not the file work, is what limits a
 Python server. So requests queue on the loop, and a job takes every queued operation at
 once (up to `BATCH`), runs them one after another, and hands all results back with a single
-`call_soon_threadsafe`. At most N jobs exist at a time; under light load a batch is one
-operation and nothing waits.
+`call_soon_threadsafe`. At most N jobs exist at a time, and a new one starts only when no
+job is already on its way to take the queue: a burst of requests wakes one thread, not N.
+Under light load a batch is one operation and nothing waits.
 
 An operation submitted with `durable=True` appends audit lines: its batch ends with the
 `settle` callback (a group commit of the log) before any result goes back, so a result the
@@ -66,7 +67,12 @@ class WorkerPool:
         self._queue: deque[_Operation] = deque()
         self._taking = threading.Lock()
         self._drained: asyncio.Future[None] | None = None
-        self._jobs = 0  # jobs submitted and not yet reported back; touched on the loop only
+        # Both counted under `_taking`. A job is "unstarted" until its thread takes its
+        # first batch; such a job takes whatever is queued when it wakes, so starting
+        # another one for the next operation would only wake a second thread to fight
+        # over the GIL for it.
+        self._jobs = 0
+        self._unstarted = 0
 
     def start(self, settle: Callable[[], None] = _nothing) -> None:
         """Start all N threads now (blocks until each one is running).
@@ -97,11 +103,10 @@ class WorkerPool:
         """
         assert self._loop is not None, "pool not started"
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.append(_Operation(function, args, future, durable, alone, discard))
-        if self._jobs < self.threads:
-            self._jobs += 1
-            assert self._executor is not None
-            self._executor.submit(self._work)
+        operation = _Operation(function, args, future, durable, alone, discard)
+        with self._taking:
+            self._queue.append(operation)
+            self._start_job_if_needed()
         return await future
 
     async def drained(self) -> None:
@@ -117,10 +122,24 @@ class WorkerPool:
             self._executor.shutdown(wait=True)
             self._executor = None
 
+    def _start_job_if_needed(self) -> None:
+        """Start a job for queued operations that no job will take soon. Holding `_taking`."""
+        if self._queue and self._jobs < self.threads and not self._unstarted:
+            self._jobs += 1
+            self._unstarted += 1
+            assert self._executor is not None
+            self._executor.submit(self._work)
+
     def _work(self) -> None:
         """A job, on a worker thread: run batches until the queue is empty."""
-        assert self._loop is not None
-        while batch := self._take_batch():
+        loop = self._loop
+        assert loop is not None
+        with self._taking:
+            self._unstarted -= 1
+            batch = self._next_batch()
+        if not batch:  # an earlier job took everything meanwhile
+            loop.call_soon_threadsafe(self._notify_drained)
+        while batch:
             for operation in batch:
                 try:
                     operation.result = operation.function(*operation.args)
@@ -134,45 +153,51 @@ class WorkerPool:
                     for operation in batch:
                         if operation.durable and operation.error is None:
                             operation.error = error
-            self._loop.call_soon_threadsafe(_deliver, batch)
-        self._loop.call_soon_threadsafe(self._job_done)
+            finished = batch
+            with self._taking:
+                batch = self._next_batch()
+            loop.call_soon_threadsafe(self._deliver, finished)  # one wake-up per batch
 
-    def _take_batch(self) -> list[_Operation]:
-        """The oldest operations: one that must run alone, or up to BATCH that may not."""
-        queue = self._queue
-        batch: list[_Operation] = []
-        with self._taking:
-            while queue and len(batch) < BATCH:
-                if queue[0].alone:
-                    if not batch:
-                        batch.append(queue.popleft())
-                    break
-                batch.append(queue.popleft())
+    def _next_batch(self) -> list[_Operation]:
+        """Take the next batch, or end this job if there is none. Holding `_taking`."""
+        batch = self._take_batch()
+        if not batch:
+            self._jobs -= 1
+        else:
+            # What this batch left behind (it was full, or must wait behind a PUT that
+            # runs alone) must not wait for this job: another one takes it.
+            self._start_job_if_needed()
         return batch
 
-    def _job_done(self) -> None:
-        self._jobs -= 1
-        # An operation queued while every job was counted, but after this one looked at
-        # the queue for the last time, is still waiting: start a job for it.
-        if self._queue and self._jobs < self.threads:
-            self._jobs += 1
-            assert self._executor is not None
-            self._executor.submit(self._work)
+    def _take_batch(self) -> list[_Operation]:
+        """The oldest operations: one that must run alone, or up to BATCH that may not.
+        Called holding `_taking`."""
+        queue = self._queue
+        batch: list[_Operation] = []
+        while queue and len(batch) < BATCH:
+            if queue[0].alone:
+                if not batch:
+                    batch.append(queue.popleft())
+                break
+            batch.append(queue.popleft())
+        return batch
+
+    def _deliver(self, batch: list[_Operation]) -> None:
+        """On the loop: hand each operation's outcome to its waiter."""
+        for operation in batch:
+            future = operation.future
+            if future.cancelled():
+                if operation.error is None and operation.discard is not None:
+                    # A failed release must not keep the rest of the batch from its waiters.
+                    with contextlib.suppress(OSError):
+                        operation.discard(operation.result)
+            elif operation.error is not None:
+                future.set_exception(operation.error)
+            else:
+                future.set_result(operation.result)
+        self._notify_drained()
+
+    def _notify_drained(self) -> None:
         drained = self._drained
-        if drained is not None and not self._jobs and not drained.done():
+        if drained is not None and not self._jobs and not self._queue and not drained.done():
             drained.set_result(None)
-
-
-def _deliver(batch: list[_Operation]) -> None:
-    """On the loop: hand each operation's outcome to its waiter."""
-    for operation in batch:
-        future = operation.future
-        if future.cancelled():
-            if operation.error is None and operation.discard is not None:
-                # A failed release must not keep the rest of the batch from its waiters.
-                with contextlib.suppress(OSError):
-                    operation.discard(operation.result)
-        elif operation.error is not None:
-            future.set_exception(operation.error)
-        else:
-            future.set_result(operation.result)
