@@ -412,10 +412,10 @@ class Connection:
         send RST, which can destroy the response before the client reads it.
         """
         self._channel.finish_sending()
+        deadline = self._channel.now() + self._config.timeout
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._config.timeout):
-                while await self._channel.read(CHUNK):
-                    pass
+            while await self._channel.read(CHUNK, deadline):
+                pass
 
 
 def _close_fd(result: GetResult) -> None:
