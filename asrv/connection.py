@@ -248,9 +248,9 @@ class Connection:
                 await self._stream(result.fd, result.size)
         finally:
             if result.fd is not None:
-                # Through the pool: if a PUT replaced the file meanwhile, this close frees
-                # the old inode, which can take long for a big file.
-                await asyncio.shield(pool.run(os.close, result.fd))
+                # On a worker: if a PUT replaced the file meanwhile, this close frees the
+                # old inode, which can take long for a big file. Nothing waits for it.
+                pool.release(os.close, result.fd)
         return keep
 
     async def _stream(self, fd: int, size: int) -> None:

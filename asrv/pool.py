@@ -45,7 +45,7 @@ BATCH = 64
 class _Operation:
     function: Callable[..., Any]
     args: tuple[object, ...]
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None  # None: nobody waits for the outcome
     durable: bool
     alone: bool
     discard: Callable[[Any], None] | None
@@ -103,11 +103,19 @@ class WorkerPool:
         """
         assert self._loop is not None, "pool not started"
         future: asyncio.Future[T] = self._loop.create_future()
-        operation = _Operation(function, args, future, durable, alone, discard)
+        self._queue_operation(_Operation(function, args, future, durable, alone, discard))
+        return await future
+
+    def release(self, function: Callable[..., object], *args: object) -> None:
+        """Run `function(*args)` on a worker without waiting for it: clean-up whose outcome
+        nobody needs (closing a file whose last reference may free a large inode). Its
+        errors are dropped. `drained()` waits for it like any operation."""
+        self._queue_operation(_Operation(function, args, None, False, False, None))
+
+    def _queue_operation(self, operation: _Operation) -> None:
         with self._taking:
             self._queue.append(operation)
             self._start_job_if_needed()
-        return await future
 
     async def drained(self) -> None:
         """Return once no operation is queued or running."""
@@ -186,6 +194,8 @@ class WorkerPool:
         """On the loop: hand each operation's outcome to its waiter."""
         for operation in batch:
             future = operation.future
+            if future is None:
+                continue
             if future.cancelled():
                 if operation.error is None and operation.discard is not None:
                     # A failed release must not keep the rest of the batch from its waiters.
