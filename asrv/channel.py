@@ -115,17 +115,8 @@ class Channel(asyncio.Protocol):
         """
         if self.lost:
             raise ConnectionResetError("connection lost")
-        transport = self._transport()
-        transport.write(data)
-        while self._writing_paused and not self.lost:
-            unsent = transport.get_write_buffer_size()
-            try:
-                await self._wait(self.timeout, _WRITE)
-            except TimeoutError:
-                if transport.get_write_buffer_size() >= unsent:
-                    raise
-        if self.lost:
-            raise ConnectionResetError("connection lost")
+        self._transport().write(data)
+        await self._wait_while_behind(lambda: self._writing_paused)
 
     async def send_file(self, fd: int, offset: int, count: int) -> int:
         """Send up to `count` bytes of `fd` from `offset` with sendfile(2), after whatever
@@ -179,16 +170,23 @@ class Channel(asyncio.Protocol):
         # With both limits at zero the transport calls resume_writing once it is empty.
         transport.set_write_buffer_limits(high=0)
         try:
-            while transport.get_write_buffer_size() and not self.lost:
-                unsent = transport.get_write_buffer_size()
-                try:
-                    await self._wait(self.timeout, _WRITE)
-                except TimeoutError:
-                    if transport.get_write_buffer_size() >= unsent:
-                        raise
+            await self._wait_while_behind(transport.get_write_buffer_size)
         finally:
             if not self.lost:
                 transport.set_write_buffer_limits()
+
+    async def _wait_while_behind(self, behind: Callable[[], object]) -> None:
+        """Wait while `behind()` holds, failing only when the client stalls: TimeoutError
+        if the transport handed no byte to the kernel for `timeout` seconds,
+        ConnectionError if the connection is gone."""
+        transport = self._transport()
+        while behind() and not self.lost:
+            unsent = transport.get_write_buffer_size()
+            try:
+                await self._wait(self.timeout, _WRITE)
+            except TimeoutError:
+                if transport.get_write_buffer_size() >= unsent:
+                    raise
         if self.lost:
             raise ConnectionResetError("connection lost")
 
