@@ -103,19 +103,23 @@ class WorkerPool:
         """
         assert self._loop is not None, "pool not started"
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue_operation(_Operation(function, args, future, durable, alone, discard))
+        with self._taking:
+            self._queue.append(_Operation(function, args, future, durable, alone, discard))
+            self._start_job_if_needed()
         return await future
 
     def release(self, function: Callable[..., object], *args: object) -> None:
         """Run `function(*args)` on a worker without waiting for it: clean-up whose outcome
         nobody needs (closing a file whose last reference may free a large inode). Its
-        errors are dropped. `drained()` waits for it like any operation."""
-        self._queue_operation(_Operation(function, args, None, False, False, None))
+        errors are dropped. `drained()` waits for it like any operation.
 
-    def _queue_operation(self, operation: _Operation) -> None:
+        It starts no job of its own while any job exists: every job takes the queue again
+        before it ends, so it rides along with the next batch instead of waking a thread.
+        """
         with self._taking:
-            self._queue.append(operation)
-            self._start_job_if_needed()
+            self._queue.append(_Operation(function, args, None, False, False, None))
+            if not self._jobs:
+                self._start_job_if_needed()
 
     async def drained(self) -> None:
         """Return once no operation is queued or running."""
