@@ -27,7 +27,14 @@ _SENDFILE_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENO
 
 
 class SendfileUnavailable(Exception):
-    """This connection, or this file, cannot be sent with sendfile(2): copy it instead."""
+    """This connection, or this file, cannot be sent with sendfile(2): copy it instead.
+
+    No byte of the file was sent; `head_sent` tells whether the head went out before.
+    """
+
+    def __init__(self, *, head_sent: bool) -> None:
+        super().__init__("sendfile refused")
+        self.head_sent = head_sent
 
 
 class Channel(asyncio.Protocol):
@@ -118,23 +125,26 @@ class Channel(asyncio.Protocol):
         self._transport().write(data)
         await self._wait_while_behind(lambda: self._writing_paused)
 
-    async def send_file(self, fd: int, offset: int, count: int) -> int:
-        """Send up to `count` bytes of `fd` from `offset` with sendfile(2), after whatever
-        is queued; returns the bytes sent, fewer only if the file ended first.
+    async def send_file(self, fd: int, offset: int, count: int, head: bytes = b"") -> int:
+        """Send `head`, then up to `count` bytes of `fd` from `offset` with sendfile(2),
+        after whatever is queued; returns the file bytes sent, fewer only if the file
+        ended first.
 
         The kernel copies from the page cache to the socket: no byte passes through Python.
         The caller makes sure those pages are cached (a worker read them), since a read
         from disk here would stall the loop. The transport is bypassed, so first its buffer
         must drain; a writability watch on a duplicate of the socket's descriptor then
         paces the sending (both loops refuse a watch on the transport's own descriptor).
-        Raises SendfileUnavailable if not one byte could be sent this way (no socket, or a
-        file the kernel cannot send), TimeoutError when the client takes no byte for
-        `timeout` seconds, ConnectionError when it is gone.
+        Raises SendfileUnavailable if not one byte of the file could be sent this way (no
+        socket, or a file the kernel cannot send), TimeoutError when the client takes no
+        byte for `timeout` seconds, ConnectionError when it is gone.
         """
         socket = self._transport().get_extra_info("socket")
         if socket is None:
-            raise SendfileUnavailable
+            raise SendfileUnavailable(head_sent=False)
         await self._drain()
+        if head:
+            await self._send_head(socket.fileno(), head)
         sent = 0
         watch_fd = -1
         try:
@@ -152,7 +162,7 @@ class Channel(asyncio.Protocol):
                     continue
                 except OSError as error:
                     if sent == 0 and error.errno in _SENDFILE_UNSUPPORTED:
-                        raise SendfileUnavailable from error
+                        raise SendfileUnavailable(head_sent=bool(head)) from error
                     raise
                 if not done:
                     break  # end of file: it shrank
@@ -161,6 +171,18 @@ class Channel(asyncio.Protocol):
             if watch_fd >= 0:
                 os.close(watch_fd)
         return sent
+
+    async def _send_head(self, socket_fd: int, head: bytes) -> None:
+        """Write `head` with the transport's buffer empty. os.write lets go of the GIL
+        during the system call, which uvloop's own write does not: the workers run
+        meanwhile. Whatever the socket does not take goes through the transport."""
+        try:
+            written = os.write(socket_fd, head)
+        except BlockingIOError:
+            written = 0
+        if written < len(head):
+            self._transport().write(head[written:])
+            await self._drain()
 
     async def _drain(self) -> None:
         """Wait until the transport has handed every queued byte to the kernel."""

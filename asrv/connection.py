@@ -244,8 +244,8 @@ class Connection:
                 body = result.body
                 await self._send(response_head(result.status, len(body), close=close) + body)
             else:
-                await self._send(response_head(result.status, result.size, close=close))
-                await self._stream(result.fd, result.size)
+                head = response_head(result.status, result.size, close=close)
+                await self._stream(head, result.fd, result.size)
         finally:
             if result.fd is not None:
                 # On a worker: if a PUT replaced the file meanwhile, this close frees the
@@ -253,28 +253,30 @@ class Connection:
                 pool.release(os.close, result.fd)
         return keep
 
-    async def _stream(self, fd: int, size: int) -> None:
-        """Send `size` bytes of `fd`: with sendfile where the connection allows, else by
-        copying through the pool."""
+    async def _stream(self, head: bytes, fd: int, size: int) -> None:
+        """Send `head`, then `size` bytes of `fd`: with sendfile where the connection
+        allows, else by copying through the pool."""
         try:
-            await self._send_file(fd, size)
-        except SendfileUnavailable:
+            await self._send_file(head, fd, size)
+        except SendfileUnavailable as refused:
+            if not refused.head_sent:
+                await self._send(head)
             await self._copy_file(fd, size)
 
-    async def _send_file(self, fd: int, size: int) -> None:
+    async def _send_file(self, head: bytes, fd: int, size: int) -> None:
         """Send the file slice by slice with sendfile on the loop. A worker first brings
         each slice into the page cache (the GET's own job did the first), so the loop
         never reads from the disk itself."""
-        pool, store = self._services.pool, self._services.store
+        pool, store, channel = self._services.pool, self._services.store, self._channel
         offset = 0
         while offset < size:
             end = min(size, offset + WARM_SLICE)
             if offset:
                 await pool.run(store.warm, fd, offset, end - offset)
-            sent = await self._channel_call(self._channel.send_file(fd, offset, end - offset))
+            sent = await self._channel_call(channel.send_file(fd, offset, end - offset, head))
             if sent < end - offset:
                 raise _ClientGone("file shrank while being sent")
-            offset = end
+            offset, head = end, b""
 
     async def _copy_file(self, fd: int, size: int) -> None:
         """Send `size` bytes of `fd`, one pool job per chunk, pacing on the client."""
