@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -50,6 +51,8 @@ class Channel(asyncio.Protocol):
         self._writing_paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._waiting_for = _READ
+        self._side: socket.socket | None = None
+        self._watched = -1  # the side socket's descriptor while a send waits on it
         self.lost = False
 
     # Protocol callbacks, from the loop.
@@ -133,51 +136,68 @@ class Channel(asyncio.Protocol):
         The kernel copies from the page cache to the socket: no byte passes through Python.
         The caller makes sure those pages are cached (a worker read them), since a read
         from disk here would stall the loop. The transport is bypassed, so first its buffer
-        must drain; a writability watch on a duplicate of the socket's descriptor then
-        paces the sending (both loops refuse a watch on the transport's own descriptor).
-        Raises SendfileUnavailable if not one byte of the file could be sent this way (no
-        socket, or a file the kernel cannot send), TimeoutError when the client takes no
-        byte for `timeout` seconds, ConnectionError when it is gone.
+        must drain. Raises SendfileUnavailable if not one byte of the file could be sent
+        this way (no socket, or a file the kernel cannot send), TimeoutError when the client
+        takes no byte for `timeout` seconds, ConnectionError when it is gone.
         """
-        socket = self._transport().get_extra_info("socket")
-        if socket is None:
+        side = self._side_socket()
+        if side is None:
             raise SendfileUnavailable(head_sent=False)
         await self._drain()
         if head:
-            await self._send_head(socket.fileno(), head)
+            await self._send_head(side, head)
         sent = 0
-        watch_fd = -1
-        try:
-            while sent < count:
-                if self.lost:
-                    # The transport closes its socket once the connection is lost: that
-                    # descriptor number may already name another file.
-                    raise ConnectionResetError("connection lost")
-                try:
-                    done = os.sendfile(socket.fileno(), fd, offset + sent, count - sent)
-                except BlockingIOError:
-                    if watch_fd < 0:
-                        watch_fd = os.dup(socket.fileno())
-                    await self._wait_writable(watch_fd)
-                    continue
-                except OSError as error:
-                    if sent == 0 and error.errno in _SENDFILE_UNSUPPORTED:
-                        raise SendfileUnavailable(head_sent=bool(head)) from error
-                    raise
-                if not done:
-                    break  # end of file: it shrank
-                sent += done
-        finally:
-            if watch_fd >= 0:
-                os.close(watch_fd)
+        while sent < count:
+            if self.lost:
+                raise ConnectionResetError("connection lost")
+            try:
+                done = os.sendfile(side.fileno(), fd, offset + sent, count - sent)
+            except BlockingIOError:
+                await self._wait_writable(side.fileno())
+                continue
+            except OSError as error:
+                if sent == 0 and error.errno in _SENDFILE_UNSUPPORTED:
+                    raise SendfileUnavailable(head_sent=bool(head)) from error
+                raise
+            if not done:
+                break  # end of file: it shrank
+            sent += done
         return sent
 
-    async def _send_head(self, socket_fd: int, head: bytes) -> None:
-        """Write `head` with the transport's buffer empty. os.write lets go of the GIL
-        during the system call, which uvloop's own write does not: the workers run
-        meanwhile. Whatever the socket does not take goes through the transport."""
+    def _side_socket(self) -> socket.socket | None:
+        """This connection's socket on a descriptor of our own, made on first use.
+
+        Both loops refuse a writability watch on a transport's descriptor, and a socket
+        object can send with MSG_MORE; our own descriptor also stays valid whatever the
+        transport does with its one. None if there is no socket (or no descriptor left).
+        """
+        if self._side is None:
+            transport_socket = self._transport().get_extra_info("socket")
+            if transport_socket is None:
+                return None
+            try:
+                duplicate = os.dup(transport_socket.fileno())
+            except OSError:
+                return None
+            self._side = socket.socket(transport_socket.family, transport_socket.type, 0, duplicate)
+        return self._side
+
+    def _close_side_socket(self) -> None:
+        # Unwatched first: the loop must not go on watching a closed descriptor number.
+        # Before the transport closes its own descriptor: the connection ends (FIN or
+        # RST) only when the last descriptor of the socket closes.
+        self._unwatch()
+        if self._side is not None:
+            self._side.close()
+            self._side = None
+
+    async def _send_head(self, side: socket.socket, head: bytes) -> None:
+        """Write `head` with the transport's buffer empty. MSG_MORE lets it leave with the
+        file's first bytes instead of in a segment of its own, and the socket call lets go
+        of the GIL, which uvloop's own write does not. Whatever the socket does not take
+        goes through the transport."""
         try:
-            written = os.write(socket_fd, head)
+            written = side.send(head, socket.MSG_MORE)
         except BlockingIOError:
             written = 0
         if written < len(head):
@@ -213,12 +233,19 @@ class Channel(asyncio.Protocol):
             raise ConnectionResetError("connection lost")
 
     async def _wait_writable(self, watch_fd: int) -> None:
-        """Wait until the socket takes bytes again; TimeoutError after `timeout` seconds."""
+        """Wait until the socket takes bytes again; TimeoutError after `timeout` seconds.
+        `watch_fd` must not be the transport's own descriptor."""
         self._loop.add_writer(watch_fd, self._wake, _WRITE)
+        self._watched = watch_fd
         try:
             await self._wait(self.timeout, _WRITE)
         finally:
-            self._loop.remove_writer(watch_fd)
+            self._unwatch()
+
+    def _unwatch(self) -> None:
+        if self._watched >= 0:
+            self._loop.remove_writer(self._watched)
+            self._watched = -1
 
     def finish_sending(self) -> None:
         """Send FIN after what is queued (the response is complete)."""
@@ -227,10 +254,12 @@ class Channel(asyncio.Protocol):
             transport.write_eof()
 
     def close(self) -> None:
+        self._close_side_socket()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
+        self._close_side_socket()
         if self.transport is not None:
             self.transport.abort()
 
