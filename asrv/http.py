@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_HEAD = 2048
 """Largest request head (request line, headers and the empty line) in bytes."""
@@ -69,8 +69,14 @@ class Method(enum.Enum):
     PUT = "PUT"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestLine:
+_METHODS = {method.value: method for method in Method}
+
+
+# RequestLine and Request are named tuples rather than frozen dataclasses: one of each is
+# made per request, and a frozen dataclass's __init__ costs a setattr call per field.
+
+
+class RequestLine(NamedTuple):
     """A syntactically valid request line: enough to write the request's audit-log line."""
 
     method: str
@@ -83,8 +89,7 @@ class RequestLine:
         return self.uri[1:]
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """A request whose head is valid and whose method asrv implements."""
 
     line: RequestLine
@@ -198,10 +203,9 @@ def parse_head(head: bytes) -> Request:
         raw_length is not None and _CONTENT_LENGTH.fullmatch(raw_length) is None
     ):
         raise HttpError(Status.BAD_REQUEST, line, request_id, connection_close=close)
-    try:
-        method = Method(line.method)
-    except ValueError:
-        raise HttpError(Status.NOT_IMPLEMENTED, line, request_id, connection_close=close) from None
+    method = _METHODS.get(line.method)
+    if method is None:
+        raise HttpError(Status.NOT_IMPLEMENTED, line, request_id, connection_close=close)
     return Request(
         line=line,
         method=method,
