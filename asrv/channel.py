@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
 import socket
 from collections import deque
@@ -53,6 +54,9 @@ class Channel(asyncio.Protocol):
         self._waiting_for = _READ
         self._side: socket.socket | None = None
         self._watched = -1  # the side socket's descriptor while a send waits on it
+        self._deadline = 0.0  # of the current wait
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self.lost = False
 
     # Protocol callbacks, from the loop.
@@ -254,11 +258,13 @@ class Channel(asyncio.Protocol):
             transport.write_eof()
 
     def close(self) -> None:
+        self._cancel_timer()
         self._close_side_socket()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
+        self._cancel_timer()
         self._close_side_socket()
         if self.transport is not None:
             self.transport.abort()
@@ -269,12 +275,36 @@ class Channel(asyncio.Protocol):
         from a client that does not read must not restart a send's stall timer."""
         self._waiting_for = kind
         waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(seconds, _expire, waiter)
+        self._deadline = deadline = self._loop.time() + seconds
+        # The timer is re-armed lazily: one left from an earlier wait fires first and
+        # moves itself to this deadline, so a busy connection makes no timer per wait.
+        if self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._loop.time() >= self._deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            self._timer_at = self._deadline
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = math.inf
 
     def _wake(self, kind: str | None) -> None:
         waiter = self._waiter
@@ -286,8 +316,3 @@ class Channel(asyncio.Protocol):
     def _transport(self) -> asyncio.Transport:
         assert self.transport is not None
         return self.transport
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
