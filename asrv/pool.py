@@ -14,7 +14,9 @@ Under light load a batch is one operation and nothing waits.
 
 An operation submitted with `durable=True` appends audit lines: its batch ends with the
 `settle` callback (a group commit of the log) before any result goes back, so a result the
-loop receives is already safe to acknowledge. An operation submitted `alone=True` (a PUT,
+loop receives is already safe to acknowledge. A job about to commit first waits (at most
+SHARE_WAIT) for the batches other jobs are running, so that one flush covers them all. An
+operation submitted `alone=True` (a PUT,
 which waits for fsyncs of its own) runs in a job by itself, so that PUTs on different
 workers share group commits instead of queueing behind each other's fsyncs in one batch.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +42,9 @@ def _nothing() -> None:
 
 BATCH = 64
 """Most operations one job runs before handing results back."""
+
+SHARE_WAIT = 0.001
+"""Longest a job waits for other jobs' batches before its group commit, in seconds."""
 
 
 @dataclass(slots=True)
@@ -73,6 +79,10 @@ class WorkerPool:
         # over the GIL for it.
         self._jobs = 0
         self._unstarted = 0
+        # Jobs running a batch that may share a group commit (no PUT in it). A job about
+        # to commit waits for them, briefly, so that one flush covers both batches.
+        self._sharing = 0
+        self._batch_done = threading.Condition(self._taking)
 
     def start(self, settle: Callable[[], None] = _nothing) -> None:
         """Start all N threads now (blocks until each one is running).
@@ -157,7 +167,14 @@ class WorkerPool:
                     operation.result = operation.function(*operation.args)
                 except BaseException as error:
                     operation.error = error
-            if any(operation.durable for operation in batch):
+            durable = any(operation.durable for operation in batch)
+            with self._taking:
+                if not batch[0].alone:
+                    self._sharing -= 1
+                    self._batch_done.notify_all()
+                if durable:
+                    self._wait_for_sharers()
+            if durable:
                 try:
                     self._settle()
                 except BaseException as error:
@@ -170,12 +187,26 @@ class WorkerPool:
                 batch = self._next_batch()
             loop.call_soon_threadsafe(self._deliver, finished)  # one wake-up per batch
 
+    def _wait_for_sharers(self) -> None:
+        """Holding `_taking`, before a group commit: let the other jobs' batches in
+        progress append their lines first, so that one flush makes them all durable
+        instead of one flush each. Their file work takes microseconds; SHARE_WAIT bounds
+        the wait should one of them read from a slow disk."""
+        deadline = time.monotonic() + SHARE_WAIT
+        while self._sharing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._batch_done.wait(remaining)
+
     def _next_batch(self) -> list[_Operation]:
         """Take the next batch, or end this job if there is none. Holding `_taking`."""
         batch = self._take_batch()
         if not batch:
             self._jobs -= 1
         else:
+            if not batch[0].alone:
+                self._sharing += 1
             # What this batch left behind (it was full, or must wait behind a PUT that
             # runs alone) must not wait for this job: another one takes it.
             self._start_job_if_needed()
