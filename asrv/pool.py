@@ -162,11 +162,7 @@ class WorkerPool:
         if not batch:  # an earlier job took everything meanwhile
             loop.call_soon_threadsafe(self._notify_drained)
         while batch:
-            for operation in batch:
-                try:
-                    operation.result = operation.function(*operation.args)
-                except BaseException as error:
-                    operation.error = error
+            self._run(batch)
             durable = any(operation.durable for operation in batch)
             with self._taking:
                 if not batch[0].alone:
@@ -186,6 +182,21 @@ class WorkerPool:
             with self._taking:
                 batch = self._next_batch()
             loop.call_soon_threadsafe(self._deliver, finished)  # one wake-up per batch
+
+    def _run(self, batch: list[_Operation]) -> None:
+        """Run `batch`. One that may share its commit also takes in what was queued while
+        it ran (up to BATCH): those operations would wait for this commit anyway."""
+        done = 0
+        while done < len(batch):
+            for operation in batch[done:]:
+                try:
+                    operation.result = operation.function(*operation.args)
+                except BaseException as error:
+                    operation.error = error
+            done = len(batch)
+            if not batch[0].alone:
+                with self._taking:
+                    self._fill(batch)
 
     def _wait_for_sharers(self) -> None:
         """Holding `_taking`, before a group commit: let the other jobs' batches in
@@ -215,15 +226,20 @@ class WorkerPool:
     def _take_batch(self) -> list[_Operation]:
         """The oldest operations: one that must run alone, or up to BATCH that may not.
         Called holding `_taking`."""
-        queue = self._queue
         batch: list[_Operation] = []
+        self._fill(batch)
+        return batch
+
+    def _fill(self, batch: list[_Operation]) -> None:
+        """Add the oldest queued operations to `batch` while it may take them (see
+        `_take_batch`). Holding `_taking`."""
+        queue = self._queue
         while queue and len(batch) < BATCH:
             if queue[0].alone:
                 if not batch:
                     batch.append(queue.popleft())
                 break
             batch.append(queue.popleft())
-        return batch
 
     def _deliver(self, batch: list[_Operation]) -> None:
         """On the loop: hand each operation's outcome to its waiter."""

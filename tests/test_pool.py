@@ -128,6 +128,32 @@ async def test_batches_in_progress_share_one_group_commit(
         await stopped(pool)
 
 
+async def test_what_is_queued_while_a_batch_runs_joins_its_commit(log: AuditLog) -> None:
+    pool = started(1, log)
+    taken, queued = threading.Event(), threading.Event()
+
+    def first() -> int:
+        taken.set()
+        assert queued.wait(TIMEOUT)
+        return log.append(b"first\n")
+
+    try:
+        one = asyncio.ensure_future(pool.run(first, durable=True))
+        await asyncio.wait_for(asyncio.to_thread(taken.wait, TIMEOUT), TIMEOUT)
+        later = [
+            asyncio.ensure_future(pool.run(log.append, b"later\n", durable=True)) for _ in range(2)
+        ]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # both are in the queue now, while `first` still runs
+        queued.set()
+        seqs = await asyncio.wait_for(asyncio.gather(one, *later), TIMEOUT)
+        assert seqs == [1, 2, 3]
+        assert log.syncs == 1
+    finally:
+        queued.set()
+        await stopped(pool)
+
+
 async def test_a_commit_waits_for_a_slow_batch_only_briefly(log: AuditLog) -> None:
     pool = started(2, log)
     release, stuck_started = threading.Event(), threading.Event()
