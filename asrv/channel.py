@@ -183,7 +183,13 @@ class Channel(asyncio.Protocol):
                 duplicate = os.dup(transport_socket.fileno())
             except OSError:
                 return None
-            self._side = socket.socket(transport_socket.family, transport_socket.type, 0, duplicate)
+            try:
+                self._side = socket.socket(
+                    transport_socket.family, transport_socket.type, 0, duplicate
+                )
+            except OSError:
+                os.close(duplicate)
+                return None
         return self._side
 
     def _close_side_socket(self) -> None:

@@ -235,7 +235,7 @@ class Connection:
         pool = self._services.pool
         self._unlogged = None  # a queued operation runs, and logs, even if cancelled
         result = await pool.run(
-            self._services.store.get, line, request_id, durable=True, discard=_close_fd
+            self._services.store.get, line, request_id, durable=True, discard=self._release_file
         )
         try:
             keep = self._keeps_open(request)
@@ -252,6 +252,12 @@ class Connection:
                 # old inode, which can take long for a big file. Nothing waits for it.
                 pool.release(os.close, result.fd)
         return keep
+
+    def _release_file(self, result: GetResult) -> None:
+        """Release the file of a GET whose connection was cancelled before it got the
+        result (on a worker, like every close of a served file)."""
+        if result.fd is not None:
+            self._services.pool.release(os.close, result.fd)
 
     async def _stream(self, head: bytes, fd: int, size: int) -> None:
         """Send `head`, then `size` bytes of `fd`: with sendfile where the connection
@@ -418,9 +424,3 @@ class Connection:
         with contextlib.suppress(TimeoutError):
             while await self._channel.read(CHUNK, deadline):
                 pass
-
-
-def _close_fd(result: GetResult) -> None:
-    """Release the file of a GET whose connection was cancelled before it got the result."""
-    if result.fd is not None:
-        os.close(result.fd)
