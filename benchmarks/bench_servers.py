@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,9 +105,19 @@ def serving(
         stop(server)
 
 
-def start_asrv(root: Path, work: Path, *, fsync: bool, keep_alive: bool) -> Running:
+def start_asrv(
+    root: Path,
+    work: Path,
+    *,
+    fsync: bool,
+    keep_alive: bool,
+    source: Path | None = None,
+    options: Sequence[str] = (),
+) -> Running:
+    """Start asrv (from the checkout `source` if given, else the installed one), with
+    extra command-line `options`."""
     argv = [sys.executable, "-m", "asrv", "--host", HOST, "--root", str(root)]
-    argv += ["--log", str(work / "audit.log"), "-t", str(ASRV_THREADS)]
+    argv += ["--log", str(work / "audit.log"), "-t", str(ASRV_THREADS), *options]
     if keep_alive:
         argv.append("--keep-alive")
     if not fsync:
@@ -115,7 +125,9 @@ def start_asrv(root: Path, work: Path, *, fsync: bool, keep_alive: bool) -> Runn
     argv.append("0")
     kind = ASRV if fsync else ASRV_NO_FSYNC
     stderr_path = work / f"{kind.key}.stderr"
-    server = Running(kind, _spawn(argv, stderr_path), 0, stderr_path)
+    # `python -m` puts the working directory first on the path: run in the checkout.
+    env = None if source is None else {**os.environ, "PYTHONPATH": str(source)}
+    server = Running(kind, _spawn(argv, stderr_path, env, source), 0, stderr_path)
     try:
         server.port = _wait_for_asrv_port(server)
     except BaseException:
@@ -207,13 +219,20 @@ def _nginx_argv(nginx: str, root: Path, work: Path, port: int) -> list[str]:
     return [nginx, "-p", f"{work}/", "-c", str(conf), "-e", str(work / "nginx-error.log")]
 
 
-def _spawn(argv: list[str], stderr_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: list[str],
+    stderr_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
     with stderr_path.open("wb") as stderr:
         return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            env=env,
+            cwd=cwd,
             start_new_session=True,  # the terminal's Ctrl-C reaches us; we stop the servers
         )
 

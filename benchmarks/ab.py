@@ -1,0 +1,163 @@
+"""Compare asrv builds, or option sets, on the benchmark's cases in interleaved rounds.
+
+    python benchmarks/ab.py [--case KEY ...] [--rounds 3] [--seconds 4] NAME=SOURCE[:OPTIONS] ...
+
+Each variant is a NAME, the SOURCE checkout whose `asrv` package runs (say a
+`git worktree add /tmp/base HEAD~1`, or `.`), and optionally extra asrv options separated
+by commas (`new=.:--loop,asyncio`). Every round runs every case on every variant, one
+server at a time on 127.0.0.1 with a fresh root, so drift on a shared machine hits all
+alike. It prints each run (req/s, server CPU per request, log flushes per 1,000 requests),
+then per case the median req/s of each variant and its ratio to the first variant.
+Cases (default: all of `run.py`'s): get4k-close, get4k-ka, get1m-ka, put4k-close, mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench_servers import ServerError, cpu_seconds, start_asrv, stop
+from bench_tools import ToolError, ensure_programs
+from bench_wrk import WrkError, run_wrk, write_scripts
+from run import CASES, Case, _flushes_per_1k, _populate
+
+CASE_KEYS = [case.key for case in CASES]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    source: Path
+    options: tuple[str, ...]
+
+
+def main() -> int:
+    args = _parse_args()
+    cases = [case for case in CASES if case.key in (args.case or CASE_KEYS)]
+    try:
+        wrk, _nginx = ensure_programs()
+    except ToolError as error:
+        print(f"benchmarks/ab.py: {error}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="asrv-ab-"))
+    rates: dict[tuple[str, str], list[float]] = {}
+    try:
+        scripts = write_scripts(workdir)
+        for round_number in range(1, args.rounds + 1):
+            for case in cases:
+                for variant in args.variants:
+                    rate = _run(
+                        case,
+                        variant,
+                        wrk=wrk,
+                        scripts=scripts,
+                        seconds=args.seconds,
+                        workdir=workdir,
+                        round_number=round_number,
+                    )
+                    if rate is not None:
+                        rates.setdefault((case.key, variant.name), []).append(rate)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("\nmedian req/s, and ratio to the first variant:")
+    for case in cases:
+        first = rates.get((case.key, args.variants[0].name))
+        for variant in args.variants:
+            own = rates.get((case.key, variant.name))
+            if not own:
+                print(f"{case.key:12} {variant.name:12} failed")
+                continue
+            ratio = f"{statistics.median(own) / statistics.median(first):.2f}" if first else "-"
+            print(f"{case.key:12} {variant.name:12} {statistics.median(own):9,.0f}  {ratio}")
+    return 0
+
+
+def _run(
+    case: Case,
+    variant: Variant,
+    *,
+    wrk: str,
+    scripts: dict[str, Path],
+    seconds: int,
+    workdir: Path,
+    round_number: int,
+) -> float | None:
+    work = Path(tempfile.mkdtemp(prefix=f"{case.key}-{variant.name}-", dir=workdir))
+    root = work / "root"
+    root.mkdir()
+    _populate(root)
+    label = f"round {round_number} {case.key:12} {variant.name:12}"
+    try:
+        server = start_asrv(
+            root,
+            work,
+            fsync=True,
+            keep_alive=case.keep_alive,
+            source=variant.source,
+            options=variant.options,
+        )
+        try:
+            before = cpu_seconds(server.pid)
+            result = run_wrk(
+                wrk,
+                server.url(case.path),
+                clients=case.clients,
+                seconds=seconds,
+                close=not case.keep_alive,
+                script=scripts[case.script] if case.script else None,
+            )
+            cpu = cpu_seconds(server.pid) - before
+        finally:
+            stop(server)
+    except (ServerError, WrkError) as error:
+        print(f"{label} FAILED: {error}", flush=True)
+        return None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    flushes = _flushes_per_1k(server.stopped_output)
+    errors = f", errors: {result.describe_errors()}" if result.errors else ""
+    print(
+        f"{label} {result.rate:9,.0f} req/s, {1e6 * cpu / max(result.requests, 1):5.0f} us "
+        f"CPU/req, {flushes if flushes is None else round(flushes)} flushes/1k{errors}",
+        flush=True,
+    )
+    return result.rate
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--case", action="append", choices=CASE_KEYS, help="repeatable")
+    parser.add_argument("--rounds", type=_positive, default=3)
+    parser.add_argument("--seconds", type=_positive, default=4)
+    parser.add_argument("variants", nargs="+", type=_variant, metavar="NAME=SOURCE[:OPTIONS]")
+    return parser.parse_args()
+
+
+def _variant(text: str) -> Variant:
+    name, equals, rest = text.partition("=")
+    if not name or not equals or not rest:
+        raise argparse.ArgumentTypeError("expected NAME=SOURCE[:OPTIONS]")
+    source, _, options = rest.partition(":")
+    path = Path(source).resolve()
+    if not (path / "asrv" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{source}: no asrv package there")
+    return Variant(name, path, tuple(option for option in options.split(",") if option))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
