@@ -24,7 +24,7 @@ from pathlib import Path
 from bench_servers import ServerError, cpu_seconds, start_asrv, stop
 from bench_tools import ToolError, ensure_programs
 from bench_wrk import WrkError, run_wrk, write_scripts
-from run import CASES, Case, _flushes_per_1k, _populate
+from run import CASES, Case, flushes_per_1k, fresh_site
 
 CASE_KEYS = [case.key for case in CASES]
 
@@ -87,10 +87,7 @@ def _run(
     workdir: Path,
     round_number: int,
 ) -> float | None:
-    work = Path(tempfile.mkdtemp(prefix=f"{case.key}-{variant.name}-", dir=workdir))
-    root = work / "root"
-    root.mkdir()
-    _populate(root)
+    work, root = fresh_site(workdir, f"{case.key}-{variant.name}")
     label = f"round {round_number} {case.key:12} {variant.name:12}"
     try:
         server = start_asrv(
@@ -119,7 +116,7 @@ def _run(
         return None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    flushes = _flushes_per_1k(server.stopped_output)
+    flushes = flushes_per_1k(server.stopped_output)
     errors = f", errors: {result.describe_errors()}" if result.errors else ""
     print(
         f"{label} {result.rate:9,.0f} req/s, {1e6 * cpu / max(result.requests, 1):5.0f} us "

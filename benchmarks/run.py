@@ -199,21 +199,23 @@ def _announce(cells: dict[tuple[str, str], Cell], seconds: int, rounds: int) -> 
     )
 
 
-def _populate(root: Path) -> None:
+def fresh_site(workdir: Path, name: str) -> tuple[Path, Path]:
+    """A new work directory under `workdir`, and in it a root holding the cases' files."""
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    root = work / "root"
+    root.mkdir()
     (root / "file4k").write_bytes(b"g" * 4096)
     (root / "file1m").write_bytes(b"G" * (1 << 20))
     for index in range(16):
         (root / f"mix{index}").write_bytes(b"m" * 4096)
+    return work, root
 
 
 def _run_cell(
     cell: Cell, round_number: int, args: argparse.Namespace, tools: Tools, workdir: Path
 ) -> None:
     case, kind = cell.case, cell.kind
-    work = Path(tempfile.mkdtemp(prefix=f"{case.key}-{kind.key}-", dir=workdir))
-    root = work / "root"
-    root.mkdir()
-    _populate(root)
+    work, root = fresh_site(workdir, f"{case.key}-{kind.key}")
     label = f"round {round_number}/{args.rounds}: {case.title}: {kind.label}"
     try:
         with serving(kind, root, work, keep_alive=case.keep_alive, nginx=tools.nginx) as server:
@@ -229,7 +231,7 @@ def _run_cell(
             cpu = cpu_seconds(server.pid) - before
         flushes = None
         if kind in (ASRV, ASRV_NO_FSYNC):
-            flushes = _flushes_per_1k(server.stopped_output)
+            flushes = flushes_per_1k(server.stopped_output)
             cell.remarks += _asrv_remarks(server.stopped_output, result, round_number)
     except (ServerError, WrkError) as error:
         cell.failures.append(f"round {round_number}: {error}")
@@ -266,7 +268,7 @@ def _asrv_remarks(output: str, result: WrkResult, round_number: int) -> list[str
     return remarks[:5]
 
 
-def _flushes_per_1k(output: str) -> float | None:
+def flushes_per_1k(output: str) -> float | None:
     match = SHUTDOWN_LINE.search(output)
     if match is None:
         return None
