@@ -79,7 +79,7 @@ class WorkerPool:
         # over the GIL for it.
         self._jobs = 0
         self._unstarted = 0
-        # Jobs running a batch that may share a group commit (no PUT in it). A job about
+        # Jobs running a batch that will share a group commit (see `_shares`). A job about
         # to commit waits for them, briefly, so that one flush covers both batches.
         self._sharing = 0
         self._batch_done = threading.Condition(self._taking)
@@ -162,10 +162,11 @@ class WorkerPool:
         if not batch:  # an earlier job took everything meanwhile
             loop.call_soon_threadsafe(self._notify_drained)
         while batch:
-            self._run(batch)
+            sharing = _shares(batch)  # as counted when it was taken
+            self._run(batch, sharing)
             durable = any(operation.durable for operation in batch)
             with self._taking:
-                if not batch[0].alone:
+                if sharing:
                     self._sharing -= 1
                     self._batch_done.notify_all()
                 if durable:
@@ -183,9 +184,11 @@ class WorkerPool:
                 batch = self._next_batch()
             loop.call_soon_threadsafe(self._deliver, finished)  # one wake-up per batch
 
-    def _run(self, batch: list[_Operation]) -> None:
-        """Run `batch`. One that may share its commit also takes in what was queued while
-        it ran (up to BATCH): those operations would wait for this commit anyway."""
+    def _run(self, batch: list[_Operation], sharing: bool) -> None:
+        """Run `batch`. A batch that will commit log lines also takes in the logging
+        operations queued while it ran (up to BATCH): they would wait for a commit anyway,
+        and this one is next. Nothing else joins it: an operation that logs nothing (a
+        close, a read ahead of sending) must not hold back this batch's results."""
         done = 0
         while done < len(batch):
             for operation in batch[done:]:
@@ -194,9 +197,11 @@ class WorkerPool:
                 except BaseException as error:
                     operation.error = error
             done = len(batch)
-            if not batch[0].alone:
+            if sharing:
                 with self._taking:
-                    self._fill(batch)
+                    queue = self._queue
+                    while queue and len(batch) < BATCH and queue[0].durable and not queue[0].alone:
+                        batch.append(queue.popleft())
 
     def _wait_for_sharers(self) -> None:
         """Holding `_taking`, before a group commit: let the other jobs' batches in
@@ -216,7 +221,7 @@ class WorkerPool:
         if not batch:
             self._jobs -= 1
         else:
-            if not batch[0].alone:
+            if _shares(batch):
                 self._sharing += 1
             # What this batch left behind (it was full, or must wait behind a PUT that
             # runs alone) must not wait for this job: another one takes it.
@@ -226,20 +231,15 @@ class WorkerPool:
     def _take_batch(self) -> list[_Operation]:
         """The oldest operations: one that must run alone, or up to BATCH that may not.
         Called holding `_taking`."""
-        batch: list[_Operation] = []
-        self._fill(batch)
-        return batch
-
-    def _fill(self, batch: list[_Operation]) -> None:
-        """Add the oldest queued operations to `batch` while it may take them (see
-        `_take_batch`). Holding `_taking`."""
         queue = self._queue
+        batch: list[_Operation] = []
         while queue and len(batch) < BATCH:
             if queue[0].alone:
                 if not batch:
                     batch.append(queue.popleft())
                 break
             batch.append(queue.popleft())
+        return batch
 
     def _deliver(self, batch: list[_Operation]) -> None:
         """On the loop: hand each operation's outcome to its waiter."""
@@ -262,3 +262,9 @@ class WorkerPool:
         drained = self._drained
         if drained is not None and not self._jobs and not self._queue and not drained.done():
             drained.set_result(None)
+
+
+def _shares(batch: list[_Operation]) -> bool:
+    """Whether a batch will commit log lines that other jobs' lines may join: one that
+    holds a logging operation, and is not a PUT running alone (it syncs on its own)."""
+    return not batch[0].alone and any(operation.durable for operation in batch)

@@ -154,6 +154,42 @@ async def test_what_is_queued_while_a_batch_runs_joins_its_commit(log: AuditLog)
         await stopped(pool)
 
 
+async def test_what_logs_nothing_does_not_join_or_hold_back_a_commit(
+    log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close queued while a logging batch runs is not taken into it, and a commit waits
+    only for batches that log: neither holds back the results of another request."""
+    monkeypatch.setattr(pool_module, "SHARE_WAIT", TIMEOUT)
+    pool = started(2, log)
+    taken, queued, slow_started = threading.Event(), threading.Event(), threading.Event()
+    gate = threading.Event()
+
+    def logging_operation() -> int:
+        taken.set()
+        assert queued.wait(TIMEOUT)
+        return log.append(b"logged\n")
+
+    def slow_close() -> None:
+        slow_started.set()
+        assert gate.wait(TIMEOUT)
+
+    try:
+        first = asyncio.ensure_future(pool.run(logging_operation, durable=True))
+        await asyncio.wait_for(asyncio.to_thread(taken.wait, TIMEOUT), TIMEOUT)
+        pool.release(slow_close)  # queued behind a running job: it rides along later
+        queued.set()
+        assert await asyncio.wait_for(first, TIMEOUT / 2) == 1
+        # The slow close now runs; a logging batch on the other worker commits at once.
+        await asyncio.wait_for(asyncio.to_thread(slow_started.wait, TIMEOUT), TIMEOUT)
+        assert (
+            await asyncio.wait_for(pool.run(log.append, b"next\n", durable=True), TIMEOUT / 2) == 2
+        )
+    finally:
+        queued.set()
+        gate.set()
+        await stopped(pool)
+
+
 async def test_a_commit_waits_for_a_slow_batch_only_briefly(log: AuditLog) -> None:
     pool = started(2, log)
     release, stuck_started = threading.Event(), threading.Event()
