@@ -271,15 +271,19 @@ class Connection:
 
     async def _send_file(self, head: bytes, fd: int, size: int) -> None:
         """Send the file slice by slice with sendfile on the loop. A worker first brings
-        each slice into the page cache (the GET's own job did the first), so the loop
-        never reads from the disk itself."""
-        pool, store, channel = self._services.pool, self._services.store, self._channel
+        each slice into the page cache, so the loop never reads from the disk itself; it
+        does so alone, so that a slow disk holds back no other request's batch."""
+        store, channel = self._services.store, self._channel
         offset = 0
         while offset < size:
             end = min(size, offset + WARM_SLICE)
-            if offset:
-                await pool.run(store.warm, fd, offset, end - offset)
-            sent = await self._channel_call(channel.send_file(fd, offset, end - offset, head))
+            await self._on_file(store.warm, fd, offset, end - offset)
+            try:
+                sent = await self._channel_call(channel.send_file(fd, offset, end - offset, head))
+            except SendfileUnavailable:
+                if offset:  # part of the body went out: copying from the start would corrupt it
+                    raise _ClientGone("sendfile refused in the middle of a file") from None
+                raise
             if sent < end - offset:
                 raise _ClientGone("file shrank while being sent")
             offset, head = end, b""
@@ -288,13 +292,29 @@ class Connection:
         """Send `size` bytes of `fd`, one pool job per chunk, pacing on the client."""
         offset = 0
         while offset < size:
-            data = await self._services.pool.run(os.pread, fd, min(CHUNK, size - offset), offset)
+            data = await self._on_file(os.pread, fd, min(CHUNK, size - offset), offset)
             if not data:
                 # The file shrank behind the server's back (changed in place, not by a PUT):
                 # the promised length cannot be met, so the response must end in a reset.
                 raise _ClientGone("file shrank while being sent")
             offset += len(data)
             await self._send(data)
+
+    async def _on_file(self, function: Callable[..., T], *args: object) -> T:
+        """Run `function(*args)`, which uses a served file's descriptor, alone on a worker.
+
+        If the connection is cancelled meanwhile, wait for the operation to end before
+        going on: the descriptor is closed next, and its number could name another file
+        by the time a still-queued operation used it.
+        """
+        operation = asyncio.ensure_future(self._services.pool.run(function, *args, alone=True))
+        try:
+            return await asyncio.shield(operation)
+        except asyncio.CancelledError:
+            await asyncio.wait({operation})
+            if not operation.cancelled():
+                operation.exception()  # retrieved: the cancellation is what propagates
+            raise
 
     async def _put(self, request: Request) -> bool:
         """Serve a PUT; True if the connection stays open for another request."""

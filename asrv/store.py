@@ -30,7 +30,7 @@ SMALL_FILE = 64 * 1024
 """Files up to this size are read whole inside the GET's critical step."""
 
 WARM_SLICE = 1024 * 1024
-"""Bytes of a larger file a worker brings into the page cache ahead of the loop's sendfile."""
+"""Bytes of a larger file a worker brings into the page cache before the loop sends them."""
 
 UPLOAD_PREFIX = ".asrv_upload_"
 COMMIT_PREFIX = ".asrv~"
@@ -115,9 +115,6 @@ class Store:
                 if result.fd is not None:
                     os.close(result.fd)
                 raise
-        if result.fd is not None:
-            # Outside the lock: the descriptor already holds the logged snapshot.
-            self.warm(result.fd, 0, min(result.size, WARM_SLICE))
         return result
 
     def warm(self, fd: int, offset: int, count: int) -> None:
