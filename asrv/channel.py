@@ -151,13 +151,19 @@ class Channel(asyncio.Protocol):
         if head:
             await self._send_head(side, head)
         sent = 0
+        # Only progress moves the stall deadline: a socket that wakes writable and still
+        # takes nothing must not keep the connection alive, nor spin the loop, forever.
+        stall_deadline = self._loop.time() + self.timeout
         while sent < count:
             if self.lost:
                 raise ConnectionResetError("connection lost")
             try:
                 done = os.sendfile(side.fileno(), fd, offset + sent, count - sent)
             except BlockingIOError:
-                await self._wait_writable(side.fileno())
+                remaining = stall_deadline - self._loop.time()
+                if remaining <= 0:
+                    raise TimeoutError from None
+                await self._wait_writable(side.fileno(), remaining)
                 continue
             except OSError as error:
                 if sent == 0 and error.errno in _SENDFILE_UNSUPPORTED:
@@ -166,6 +172,7 @@ class Channel(asyncio.Protocol):
             if not done:
                 break  # end of file: it shrank
             sent += done
+            stall_deadline = self._loop.time() + self.timeout
         return sent
 
     def _side_socket(self) -> socket.socket | None:
@@ -173,9 +180,12 @@ class Channel(asyncio.Protocol):
 
         Both loops refuse a writability watch on a transport's descriptor, and a socket
         object can send with MSG_MORE; our own descriptor also stays valid whatever the
-        transport does with its one. None if there is no socket (or no descriptor left).
+        transport does with its one. None if there is no socket (or no descriptor left);
+        ConnectionResetError once the channel is closing.
         """
         if self._side is None:
+            if self._transport().is_closing():
+                raise ConnectionResetError("connection closed")
             transport_socket = self._transport().get_extra_info("socket")
             if transport_socket is None:
                 return None
@@ -242,13 +252,13 @@ class Channel(asyncio.Protocol):
         if self.lost:
             raise ConnectionResetError("connection lost")
 
-    async def _wait_writable(self, watch_fd: int) -> None:
-        """Wait until the socket takes bytes again; TimeoutError after `timeout` seconds.
+    async def _wait_writable(self, watch_fd: int, seconds: float) -> None:
+        """Wait until the socket takes bytes again; TimeoutError after `seconds`.
         `watch_fd` must not be the transport's own descriptor."""
         self._loop.add_writer(watch_fd, self._wake, _WRITE)
         self._watched = watch_fd
         try:
-            await self._wait(self.timeout, _WRITE)
+            await self._wait(seconds, _WRITE)
         finally:
             self._unwatch()
 

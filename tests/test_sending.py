@@ -117,3 +117,33 @@ async def test_a_reader_that_pauses_mid_file_gets_the_rest(
         writer.close()
     assert time.monotonic() - started >= 2
     assert split_response(received) == (200, content)
+
+
+@pytest.mark.asyncio
+async def test_a_socket_that_never_takes_a_byte_times_out(
+    site: Site, running_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket that keeps saying "writable" but takes nothing (sendfile keeps failing
+    with EAGAIN) is a stalled client: dropped after the timeout, not retried forever."""
+    real_sendfile = os.sendfile
+
+    def never_takes(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        if os.path.samestat(os.fstat(out_fd), os.stat(os.devnull)):
+            return real_sendfile(out_fd, in_fd, offset, count)
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(os, "sendfile", never_takes)
+    (site.root / "f").write_bytes(os.urandom(2 * MiB))
+    async with running_server(timeout=0.5) as server:
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"GET /f HTTP/1.1\r\n\r\n")
+        await writer.drain()
+        started = time.monotonic()
+        try:
+            received = await asyncio.wait_for(reader.read(), 10)
+        except ConnectionResetError:
+            received = b""
+        writer.close()
+    assert time.monotonic() - started < 5
+    assert received.startswith(b"HTTP/1.1 200 OK\r\nContent-Length: 2097152\r\n\r\n")
+    assert len(received) < 2 * MiB
