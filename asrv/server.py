@@ -150,7 +150,10 @@ class Server:
         )
         self._log = log
         self._log_fd = log_fd if is_file else -1
-        sink_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            sink_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as error:
+            raise StartupError(f"asrv: cannot open {os.devnull}: {error.strerror}") from None
         self._resources.callback(os.close, sink_fd)
         store = Store(
             root_fd,
