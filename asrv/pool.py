@@ -16,9 +16,10 @@ An operation submitted with `durable=True` appends audit lines: its batch ends w
 `settle` callback (a group commit of the log) before any result goes back, so a result the
 loop receives is already safe to acknowledge. A job about to commit first waits (at most
 SHARE_WAIT) for the batches other jobs are running, so that one flush covers them all. An
-operation submitted `alone=True` (a PUT,
-which waits for fsyncs of its own) runs in a job by itself, so that PUTs on different
-workers share group commits instead of queueing behind each other's fsyncs in one batch.
+operation submitted `alone=True` (a PUT, which waits for fsyncs of its own, or a read that
+may wait for the disk) runs in a job by itself, so that it holds back no other request:
+PUTs on different workers share group commits instead of queueing behind each other's
+fsyncs in one batch.
 """
 
 from __future__ import annotations
@@ -249,7 +250,7 @@ class WorkerPool:
                 continue
             if future.cancelled():
                 if operation.error is None and operation.discard is not None:
-                    # A failed release must not keep the rest of the batch from its waiters.
+                    # A failed clean-up must not keep the rest of the batch from its waiters.
                     with contextlib.suppress(OSError):
                         operation.discard(operation.result)
             elif operation.error is not None:
