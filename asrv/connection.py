@@ -247,15 +247,13 @@ class Connection:
                 head = response_head(result.status, result.size, close=close)
                 await self._stream(head, result.fd, result.size)
         finally:
-            if result.fd is not None:
-                # On a worker: if a PUT replaced the file meanwhile, this close frees the
-                # old inode, which can take long for a big file. Nothing waits for it.
-                pool.release(os.close, result.fd)
+            self._release_file(result)
         return keep
 
     def _release_file(self, result: GetResult) -> None:
-        """Release the file of a GET whose connection was cancelled before it got the
-        result (on a worker, like every close of a served file)."""
+        """Close a GET's file once it is sent, or when its connection was cancelled before
+        it got the result. On a worker: if a PUT replaced the file meanwhile, this close
+        frees the old inode, which can take long for a big file. Nothing waits for it."""
         if result.fd is not None:
             self._services.pool.release(os.close, result.fd)
 
