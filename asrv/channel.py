@@ -9,11 +9,14 @@ flow control whose timeout bounds a stall rather than a whole transfer.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
+import fcntl
 import math
 import os
 import socket
+import termios
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -26,6 +29,10 @@ HIGH_WATER = 256 * 1024
 
 # sendfile(2) errors that mean "not with this file or socket", before any byte went out.
 _SENDFILE_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK}
+
+
+class ClientGone(Exception):
+    """The client stopped taking bytes for `timeout` seconds: the response is given up."""
 
 
 class SendfileUnavailable(Exception):
@@ -96,6 +103,21 @@ class Channel(asyncio.Protocol):
     def now(self) -> float:
         return self._loop.time()
 
+    def has_unread(self) -> bool:
+        """Whether bytes have reached the server that nobody has read yet: in this
+        channel's buffer, or still in the kernel's (the loop has not read them yet)."""
+        if self._chunks:
+            return True
+        transport_socket = None if self.lost else self._transport().get_extra_info("socket")
+        if transport_socket is None:
+            return False
+        count = array.array("i", [0])
+        try:
+            fcntl.ioctl(transport_socket.fileno(), termios.FIONREAD, count)
+        except OSError:
+            return False
+        return count[0] > 0
+
     async def read(self, limit: int, deadline: float | None = None) -> bytes:
         """Up to `limit` bytes; b"" at EOF or when the connection is gone.
 
@@ -124,7 +146,7 @@ class Channel(asyncio.Protocol):
     async def send(self, data: bytes) -> None:
         """Write `data`; wait while the client is behind, failing only when it stalls.
 
-        Raises ConnectionError if the connection is gone, TimeoutError if the client took
+        Raises ConnectionError if the connection is gone, ClientGone if the client took
         no byte for `timeout` seconds.
         """
         if self.lost:
@@ -141,7 +163,7 @@ class Channel(asyncio.Protocol):
         The caller makes sure those pages are cached (a worker read them), since a read
         from disk here would stall the loop. The transport is bypassed, so first its buffer
         must drain. Raises SendfileUnavailable if not one byte of the file could be sent
-        this way (no socket, or a file the kernel cannot send), TimeoutError when the client
+        this way (no socket, or a file the kernel cannot send), ClientGone when the client
         takes no byte for `timeout` seconds, ConnectionError when it is gone.
         """
         side = self._side_socket()
@@ -162,7 +184,7 @@ class Channel(asyncio.Protocol):
             except BlockingIOError:
                 remaining = stall_deadline - self._loop.time()
                 if remaining <= 0:
-                    raise TimeoutError from None
+                    raise ClientGone("client stopped reading") from None
                 await self._wait_writable(side.fileno(), remaining)
                 continue
             except OSError as error:
@@ -238,7 +260,7 @@ class Channel(asyncio.Protocol):
                 transport.set_write_buffer_limits()
 
     async def _wait_while_behind(self, behind: Callable[[], object]) -> None:
-        """Wait while `behind()` holds, failing only when the client stalls: TimeoutError
+        """Wait while `behind()` holds, failing only when the client stalls: ClientGone
         if the transport handed no byte to the kernel for `timeout` seconds,
         ConnectionError if the connection is gone."""
         transport = self._transport()
@@ -248,17 +270,19 @@ class Channel(asyncio.Protocol):
                 await self._wait(self.timeout, _WRITE)
             except TimeoutError:
                 if transport.get_write_buffer_size() >= unsent:
-                    raise
+                    raise ClientGone("client stopped reading") from None
         if self.lost:
             raise ConnectionResetError("connection lost")
 
     async def _wait_writable(self, watch_fd: int, seconds: float) -> None:
-        """Wait until the socket takes bytes again; TimeoutError after `seconds`.
+        """Wait until the socket takes bytes again; ClientGone after `seconds`.
         `watch_fd` must not be the transport's own descriptor."""
         self._loop.add_writer(watch_fd, self._wake, _WRITE)
         self._watched = watch_fd
         try:
             await self._wait(seconds, _WRITE)
+        except TimeoutError:
+            raise ClientGone("client stopped reading") from None
         finally:
             self._unwatch()
 

@@ -68,7 +68,9 @@ POSSIBLE = {
 """The statuses each method can get (201 only creates, 404 only reads, 501 is for others)."""
 OTHER_METHODS_POSSIBLE = {400, 501, 505}
 
-LINE = re.compile(r"([a-zA-Z]{1,8}),(/[a-zA-Z0-9.-]{1,63}),([0-9]{3}),([ -+\--~]{1,128})")
+# The id is the client's Request-Id as sent: visible ASCII, spaces and tabs, no comma, of
+# any length (the course's grammar caps it at 128; the default grammar only caps the head).
+LINE = re.compile(r"([a-zA-Z]{1,8}),(/[a-zA-Z0-9.-]{1,63}),([0-9]{3}),([\t -+\--~]*)")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 HISTORY_FORMAT = "asrv-history"
 HISTORY_VERSION = 1

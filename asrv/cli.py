@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  asrv --threads 4 8080\n"
         "  asrv --root /srv/files --log audit.log --host 127.0.0.1 0\n"
-        "  asrv --keep-alive --no-fsync 8080",
+        "  asrv --course 8080",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = Config()
@@ -98,7 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest Content-Length accepted; larger gets 413 (default: no limit)",
     )
     parser.add_argument(
-        "--keep-alive", action="store_true", help="keep connections open for further requests"
+        "--course",
+        action="store_true",
+        help="the course's exact behaviour: its header grammar and 2048-byte heads, one "
+        "request per connection, GET and PUT only",
+    )
+    parser.add_argument(
+        "--max-head",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="largest request head (default: 8192, or 2048 with --course)",
+    )
+    parser.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="accepted for compatibility: connections persist by default (not with --course)",
     )
     parser.add_argument(
         "--no-fsync",
@@ -137,7 +152,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, bool]:
             min_rate=args.min_rate,
             max_connections=args.max_connections,
             max_body=args.max_body,
-            keep_alive=args.keep_alive,
+            course=args.course,
+            max_head=args.max_head,
             fsync=args.fsync,
             loop=LoopChoice(args.loop),
         )

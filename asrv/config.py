@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from asrv.http import COURSE_MAX_HEAD, DEFAULT_MAX_HEAD, Grammar
+
 STDERR = "-"
 """The `log` value that sends the audit log to standard error."""
 
@@ -42,8 +44,12 @@ class Config:
     """Open connections beyond this are closed as soon as they are accepted."""
     max_body: int | None = None
     """Largest Content-Length accepted (413 beyond it); None for no limit."""
-    keep_alive: bool = False
-    """Serve several requests per connection (RFC 9112 persistence)."""
+    course: bool = False
+    """The course's exact behaviour: its header grammar and head limit, one request per
+    connection, GET and PUT only. Otherwise connections persist (RFC 9112) and header
+    fields follow RFC 9110."""
+    max_head: int | None = None
+    """Largest request head in bytes; None: 8192, or 2048 with `course`."""
     fsync: bool = True
     """Make audit lines and PUT data durable before each response."""
     loop: LoopChoice = LoopChoice.AUTO
@@ -68,6 +74,8 @@ class Config:
         _require_count("max_connections", self.max_connections, minimum=1)
         if self.max_body is not None:
             _require_count("max_body", self.max_body, minimum=0)
+        if self.max_head is not None:
+            _require_count("max_head", self.max_head, minimum=MIN_HEAD, maximum=MAX_HEAD)
         if not self.log:
             raise ValueError("log must be a path or '-'")
         try:
@@ -81,9 +89,22 @@ class Config:
     def log_is_stderr(self) -> bool:
         return self.log == STDERR
 
+    @property
+    def grammar(self) -> Grammar:
+        default = COURSE_MAX_HEAD if self.course else DEFAULT_MAX_HEAD
+        return Grammar(self.course, default if self.max_head is None else self.max_head)
 
-def _require_count(name: str, value: object, *, minimum: int) -> None:
+
+MIN_HEAD = 128
+"""Smallest `max_head`: room for the longest request line the grammar allows."""
+MAX_HEAD = 1024 * 1024
+"""Largest `max_head`: a head is held in memory whole."""
+
+
+def _require_count(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer")
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}")

@@ -1,9 +1,14 @@
-"""The HTTP/1.1 wire format asrv speaks, as data: bytes in, a request or an error out.
+"""The HTTP/1.1 wire format asrv speaks, as data: bytes in, requests or errors out.
 
-Nothing here touches a socket, a file or a clock (the shape of h11): the server feeds the
-bytes it has read and gets back a `Request`, or an `HttpError` whose `status` is the response
-to send. The grammar is deliberately strict (SPEC §3) and the responses are byte-exact
-(SPEC §4), so every decision about what is valid lives in this one module.
+Nothing here touches a socket, a file or a clock (the shape of h11). A `HeadReader` is fed
+the bytes a connection reads and frames them into request heads: each is a `Request`, or an
+`HttpError` whose `status` is the response to send. The connection only moves bytes and
+awaits; every decision about what is valid lives in this module, and so do the byte-exact
+responses (SPEC §4).
+
+Two grammars (SPEC §3): the default one takes header fields as RFC 9110/9112 define them and
+heads up to 8 KiB, so that browsers, cookies and bearer tokens fit; `COURSE` is the course's
+exact grammar (`key: value`, 128-byte keys and values, 2048-byte heads).
 
 Error precedence, when several things are wrong at once: request-line syntax (400), then the
 version (505), then header syntax or a head over the size limit (400), then a missing or
@@ -16,15 +21,20 @@ import enum
 import re
 from typing import NamedTuple
 
-MAX_HEAD = 2048
-"""Largest request head (request line, headers and the empty line) in bytes."""
+COURSE_MAX_HEAD = 2048
+"""Largest request head (request line, headers and the empty line) in the course's grammar."""
+DEFAULT_MAX_HEAD = 8192
+"""Largest request head by default (`--max-head`)."""
 
 HEAD_END = b"\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NO_REQUEST_ID = "0"
 
 _REQUEST_LINE = re.compile(rb"([a-zA-Z]{1,8}) (/[a-zA-Z0-9.-]{1,63}) (HTTP/[0-9]\.[0-9])")
-_HEADER = re.compile(rb"([a-zA-Z0-9.-]{1,128}): ([ -~]{1,128})")
+_COURSE_FIELD = re.compile(rb"([a-zA-Z0-9.-]{1,128}): ([ -~]{1,128})")
+# RFC 9110 §5.1, §5.5: a token, a colon, then a value of visible ASCII, spaces and tabs whose
+# surrounding whitespace is not part of it. No whitespace before the colon, no line folding.
+_RFC_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t -~]*)")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
 
 
@@ -72,6 +82,52 @@ class Method(enum.Enum):
 _METHODS = {method.value: method for method in Method}
 
 
+class Grammar(NamedTuple):
+    """Which request grammar a server speaks, and its largest head."""
+
+    course: bool
+    max_head: int
+
+
+DEFAULT = Grammar(course=False, max_head=DEFAULT_MAX_HEAD)
+COURSE = Grammar(course=True, max_head=COURSE_MAX_HEAD)
+
+
+class Persistence(enum.Enum):
+    """What a request says about its connection (RFC 9112 §9.3), and so what its response
+    says back: only an echo of what the client asked, never more (SPEC §4.1)."""
+
+    KEEP = "keep"
+    """HTTP/1.1: the connection persists; the response says nothing about it."""
+    CLOSE = "close"
+    """The response says `Connection: close`, then the server closes: the client asked, or
+    it speaks HTTP/1.0 and did not ask to keep the connection (RFC 9112 §9.6; an HTTP/1.1
+    response alone would tell it the connection persists)."""
+    ONCE = "once"
+    """One request only, as the course's mode serves it: close after it, saying nothing."""
+    KEEP_ALIVE = "keep-alive"
+    """HTTP/1.0 asking `Connection: keep-alive`: persists, and the response says so."""
+
+    @property
+    def persists(self) -> bool:
+        return self is Persistence.KEEP or self is Persistence.KEEP_ALIVE
+
+    @property
+    def ending(self) -> Persistence:
+        """This request's persistence when an error ends its connection: a close is said
+        only where the client expects to hear it (SPEC §4.1: the course diffs these
+        responses byte for byte)."""
+        return Persistence.CLOSE if self is Persistence.CLOSE else Persistence.ONCE
+
+    def connection_header(self, keep: bool) -> bytes:
+        """The `Connection` field of a response, given whether the connection stays open."""
+        if self is Persistence.CLOSE:
+            return b"Connection: close\r\n"
+        if keep and self is Persistence.KEEP_ALIVE:
+            return b"Connection: keep-alive\r\n"
+        return b""
+
+
 # RequestLine and Request are named tuples rather than frozen dataclasses: one of each is
 # made per request, and a frozen dataclass's __init__ costs a setattr call per field.
 
@@ -97,13 +153,17 @@ class Request(NamedTuple):
     request_id: str
     content_length: int | None
     expect_continue: bool
-    connection_close: bool
+    persistence: Persistence
 
 
 class HttpError(Exception):
     """The head cannot be served as a request; `status` is the response to send.
 
     `line` is the parsed request line when there was one: such a request is still logged.
+    `body_length` is the length of the body that follows the head when the framing is still
+    known (a 501 with a valid Content-Length), so the connection can skip the body and go on
+    as `persistence` says; None when the connection cannot tell where the next request
+    starts, and must close after the response (saying so only if the client asked).
     """
 
     def __init__(
@@ -112,13 +172,103 @@ class HttpError(Exception):
         line: RequestLine | None = None,
         request_id: str = NO_REQUEST_ID,
         *,
-        connection_close: bool = False,
+        persistence: Persistence = Persistence.ONCE,
+        body_length: int | None = None,
     ) -> None:
         super().__init__(f"{int(status)} {status.phrase}")
         self.status = status
         self.line = line
         self.request_id = request_id
-        self.connection_close = connection_close
+        self.persistence = persistence
+        self.body_length = body_length
+
+
+class NeedData(enum.Enum):
+    NEED_DATA = "need data"
+
+
+NEED_DATA = NeedData.NEED_DATA
+"""`HeadReader.next_event`: no whole head yet; feed more bytes."""
+
+
+class HeadReader:
+    """Frames the heads of the requests on one connection out of the bytes it reads.
+
+    `feed` the bytes, then ask `next_event`: a `Request`, an `HttpError`, or `NEED_DATA`.
+    A request's body is taken with `take` before the next head is asked for. When the
+    client closes or stalls, `eof` and `stalled` say what that means for the head in hand.
+    """
+
+    def __init__(self, grammar: Grammar = DEFAULT) -> None:
+        self.grammar = grammar
+        self._buffer = b""
+        self._line: RequestLine | None = None  # of the head in progress, once it parsed
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet framed or taken (of the next head, or a body)."""
+        return len(self._buffer)
+
+    @property
+    def line(self) -> RequestLine | None:
+        """The request line of the head in progress, once it is whole and valid."""
+        return self._line
+
+    def next_event(self) -> Request | HttpError | NeedData:
+        max_head = self.grammar.max_head
+        buffer = self._buffer
+        if self._line is None and not self.grammar.course and buffer.startswith(b"\r\n"):
+            # RFC 9112 §2.2: ignore empty lines before a request line (some clients send
+            # a CRLF after a body). Whole CRLF pairs only: a CR alone may be a split one.
+            while buffer.startswith(b"\r\n"):
+                buffer = buffer[2:]
+            self._buffer = buffer
+        end = buffer.find(HEAD_END, 0, max_head)
+        if end >= 0:
+            self._buffer = buffer[end + len(HEAD_END) :]
+            self._line = None
+            try:
+                return parse_head(buffer[: end + len(HEAD_END)], self.grammar)
+            except HttpError as error:
+                return error
+        if self._line is None:
+            line_end = buffer.find(b"\r\n", 0, max_head)
+            if line_end >= 0:
+                # A bad request line is a 400 whatever follows: answer it now.
+                try:
+                    self._line = parse_request_line(buffer[:line_end])
+                except HttpError as error:
+                    return error
+        if len(buffer) >= max_head:
+            return oversized_head_error(buffer, self.grammar)
+        return NEED_DATA
+
+    def take(self, limit: int) -> bytes:
+        """Up to `limit` bytes received past the last head: the start of its body."""
+        data, self._buffer = self._buffer[:limit], self._buffer[limit:]
+        return data
+
+    def partial_request_id(self) -> str:
+        """The Request-Id among the whole, well-formed header lines of the head in progress
+        (to log a request whose head never completed, with the id its client sent)."""
+        return _request_id(_partial_fields(self._buffer, self.grammar)) or NO_REQUEST_ID
+
+    def eof(self) -> HttpError | None:
+        """The client closed: None if no byte of a next head had come, else the 400."""
+        return self._incomplete() if self._buffer else None
+
+    def stalled(self, *, first: bool) -> HttpError | None:
+        """The client sent nothing for too long. Between requests that is the end of the
+        connection (None); on a connection's first request, or mid-head, it is a 400."""
+        if not self._buffer and not first:
+            return None
+        return self._incomplete()
+
+    def _incomplete(self) -> HttpError:
+        return incomplete_head_error(self._buffer, self._line, self.grammar)
 
 
 def parse_request_line(line: bytes) -> RequestLine:
@@ -129,110 +279,133 @@ def parse_request_line(line: bytes) -> RequestLine:
     return RequestLine(match[1].decode(), match[2].decode(), match[3].decode())
 
 
-def oversized_head_error(buffer: bytes) -> HttpError:
-    """The error for a head that did not end within MAX_HEAD bytes.
+def _version_supported(version: str, grammar: Grammar) -> bool:
+    return version == "HTTP/1.1" or (version == "HTTP/1.0" and not grammar.course)
+
+
+def oversized_head_error(buffer: bytes, grammar: Grammar = DEFAULT) -> HttpError:
+    """The error for a head that did not end within the grammar's head limit.
 
     The request line, if it was complete and valid, still decides the precedence (a bad
     version is a 505) and is logged.
     """
-    end = buffer.find(b"\r\n", 0, MAX_HEAD)
+    end = buffer.find(b"\r\n", 0, grammar.max_head)
     if end < 0:
         return HttpError(Status.BAD_REQUEST)
     try:
         line = parse_request_line(buffer[:end])
     except HttpError as error:
         return error
-    if line.version != "HTTP/1.1":
-        return incomplete_head_error(buffer, line, Status.VERSION_NOT_SUPPORTED)
-    return incomplete_head_error(buffer, line)
-
-
-def request_id_of_partial_head(buffer: bytes) -> str:
-    """The Request-Id among the whole, well-formed header lines of an incomplete head.
-
-    Used to log a request whose head never completed (the client stalled or left): the
-    client's id is logged if it was sent, as it would have been had the head finished.
-    """
-    return _request_id(_partial_headers(buffer)) or NO_REQUEST_ID
+    if not _version_supported(line.version, grammar):
+        return incomplete_head_error(buffer, line, grammar, Status.VERSION_NOT_SUPPORTED)
+    return incomplete_head_error(buffer, line, grammar)
 
 
 def incomplete_head_error(
-    buffer: bytes, line: RequestLine | None, status: Status = Status.BAD_REQUEST
+    buffer: bytes,
+    line: RequestLine | None,
+    grammar: Grammar = DEFAULT,
+    status: Status = Status.BAD_REQUEST,
 ) -> HttpError:
     """The error for a head that never completed (400, or 505 for a bad version); logged
     if its line parsed, and with `Connection: close` echoed if a whole header line asked."""
-    headers = _partial_headers(buffer)
+    fields = _partial_fields(buffer, grammar)
+    connection = fields.get("connection")
+    version = line.version if line is not None else "HTTP/1.1"
     return HttpError(
         status,
         line,
-        _request_id(headers) or NO_REQUEST_ID,
-        connection_close=_has_token(headers.get("connection", ""), "close"),
+        _request_id(fields) or NO_REQUEST_ID,
+        persistence=_persistence(version, connection, grammar).ending,
     )
 
 
-def _partial_headers(buffer: bytes) -> dict[str, str]:
+def _partial_fields(buffer: bytes, grammar: Grammar) -> dict[str, str]:
     """The whole, well-formed header lines of an incomplete head."""
-    lines = buffer[:MAX_HEAD].split(b"\r\n")[1:-1]  # without the request line and the tail
-    return _well_formed_headers(lines)[0]
+    lines = buffer[: grammar.max_head].split(b"\r\n")[1:-1]  # no request line, no tail
+    return _parse_fields(lines, grammar)[0]
 
 
-def parse_head(head: bytes) -> Request:
+def parse_head(head: bytes, grammar: Grammar = DEFAULT) -> Request:
     """Parse a complete head: request line, header fields and the empty line.
 
-    `head` must end with CRLF CRLF and be at most MAX_HEAD bytes (the caller frames it).
+    `head` must end with CRLF CRLF and be at most the grammar's limit (the caller frames it).
     """
     lines = head[: -len(HEAD_END)].split(b"\r\n")
     line = parse_request_line(lines[0])
-    headers, well_formed = _well_formed_headers(lines[1:])
+    fields, well_formed = _parse_fields(lines[1:], grammar)
     # The id and Connection are read from the well-formed fields even when others are
     # malformed: a rejected request is still logged with the id its client sent.
-    request_id = _request_id(headers)
-    connection = headers.get("connection")
-    close = connection is not None and _has_token(connection, "close")
-    if line.version != "HTTP/1.1":
+    request_id = _request_id(fields)
+    persistence = _persistence(line.version, fields.get("connection"), grammar)
+    closing = persistence.ending
+    if not _version_supported(line.version, grammar):
         raise HttpError(
-            Status.VERSION_NOT_SUPPORTED, line, request_id or NO_REQUEST_ID, connection_close=close
+            Status.VERSION_NOT_SUPPORTED, line, request_id or NO_REQUEST_ID, persistence=closing
         )
     if not well_formed or request_id is None:
-        raise HttpError(
-            Status.BAD_REQUEST, line, request_id or NO_REQUEST_ID, connection_close=close
-        )
+        raise HttpError(Status.BAD_REQUEST, line, request_id or NO_REQUEST_ID, persistence=closing)
 
-    raw_length = headers.get("content-length")
+    raw_length = fields.get("content-length")
     if (raw_length is None and line.method == "PUT") or (
         raw_length is not None and _CONTENT_LENGTH.fullmatch(raw_length) is None
     ):
-        raise HttpError(Status.BAD_REQUEST, line, request_id, connection_close=close)
+        raise HttpError(Status.BAD_REQUEST, line, request_id, persistence=closing)
+    if not grammar.course and "transfer-encoding" in fields:
+        # asrv reads bodies framed by Content-Length only; a transfer coding leaves the
+        # body's end unknown (RFC 9112 §6.3), so the connection cannot go on.
+        raise HttpError(Status.BAD_REQUEST, line, request_id, persistence=closing)
+    content_length = None if raw_length is None else int(raw_length)
     method = _METHODS.get(line.method)
     if method is None:
-        raise HttpError(Status.NOT_IMPLEMENTED, line, request_id, connection_close=close)
+        raise HttpError(
+            Status.NOT_IMPLEMENTED,
+            line,
+            request_id,
+            persistence=persistence,
+            body_length=content_length or 0,
+        )
     return Request(
         line=line,
         method=method,
         request_id=request_id,
-        content_length=None if raw_length is None else int(raw_length),
-        expect_continue=headers.get("expect", "").lower() == "100-continue",
-        connection_close=close,
+        content_length=content_length,
+        # RFC 9110 §10.1.1: an HTTP/1.0 client never gets a 100 (Continue).
+        expect_continue=line.version == "HTTP/1.1"
+        and fields.get("expect", "").lower() == "100-continue",
+        persistence=persistence,
     )
 
 
-def _well_formed_headers(lines: list[bytes]) -> tuple[dict[str, str], bool]:
+def _parse_fields(lines: list[bytes], grammar: Grammar) -> tuple[dict[str, str], bool]:
     """The well-formed fields by lower-cased name (the last of repeated ones wins), and
-    whether every line was one."""
-    headers: dict[str, str] = {}
+    whether every line was one.
+
+    In the default grammar, Content-Length repeated with different values makes the head
+    malformed (RFC 9110 §8.6): which one counted would be a guess, and a guess about where
+    a body ends is how requests get smuggled past a proxy.
+    """
+    fields: dict[str, str] = {}
     all_well_formed = True
+    pattern = _COURSE_FIELD if grammar.course else _RFC_FIELD
     for raw in lines:
-        match = _HEADER.fullmatch(raw)
+        match = pattern.fullmatch(raw)
         if match is None:
             all_well_formed = False
-        else:
-            headers[match[1].decode("ascii").lower()] = match[2].decode("ascii")
-    return headers, all_well_formed
+            continue
+        name = match[1].decode("ascii").lower()
+        value = match[2].decode("ascii")
+        if not grammar.course:
+            value = value.rstrip(" \t")
+            if name == "content-length" and fields.get(name, value) != value:
+                all_well_formed = False
+        fields[name] = value
+    return fields, all_well_formed
 
 
-def _request_id(headers: dict[str, str]) -> str | None:
+def _request_id(fields: dict[str, str]) -> str | None:
     """The Request-Id to log; None when it cannot be one field of a log line."""
-    value = headers.get("request-id", NO_REQUEST_ID)
+    value = fields.get("request-id", NO_REQUEST_ID)
     return None if "," in value else value
 
 
@@ -240,16 +413,33 @@ def _has_token(value: str, token: str) -> bool:
     return any(part.strip().lower() == token for part in value.split(","))
 
 
-def response_head(status: Status, content_length: int, *, close: bool = False) -> bytes:
-    """The status line and headers of a response, up to and including the empty line."""
-    connection = "Connection: close\r\n" if close else ""
-    return (
-        f"HTTP/1.1 {int(status)} {status.phrase}\r\n"
-        f"Content-Length: {content_length}\r\n{connection}\r\n"
-    ).encode("ascii")
+def _persistence(version: str, connection: str | None, grammar: Grammar) -> Persistence:
+    if connection is not None and _has_token(connection, "close"):
+        return Persistence.CLOSE
+    if grammar.course:
+        return Persistence.ONCE
+    if version == "HTTP/1.0":
+        if connection is not None and _has_token(connection, "keep-alive"):
+            return Persistence.KEEP_ALIVE
+        return Persistence.CLOSE
+    return Persistence.KEEP
 
 
-def fixed_response(status: Status, *, close: bool = False) -> bytes:
+def response_head(status: Status, content_length: int, connection: bytes = b"") -> bytes:
+    """The status line and headers of a response, up to and including the empty line.
+    `connection` is a whole `Connection` field line, or nothing."""
+    return b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n%s\r\n" % (
+        status,
+        _PHRASE_BYTES[status],
+        content_length,
+        connection,
+    )
+
+
+_PHRASE_BYTES = {status: phrase.encode("ascii") for status, phrase in _PHRASES.items()}
+
+
+def fixed_response(status: Status, connection: bytes = b"") -> bytes:
     """A whole response whose body is the status's fixed text (every response but a GET 200)."""
     body = status.body
-    return response_head(status, len(body), close=close) + body
+    return response_head(status, len(body), connection) + body

@@ -117,7 +117,37 @@ class WorkerPool:
         with self._taking:
             self._queue.append(_Operation(function, args, future, durable, alone, discard))
             self._start_job_if_needed()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled after the result was delivered but before this task resumed: the
+            # result is nobody's unless it is released here.
+            delivered = future.done() and not future.cancelled() and future.exception() is None
+            if delivered and discard is not None:
+                discard(future.result())
+            raise
+
+    async def run_to_end(
+        self,
+        function: Callable[..., T],
+        *args: object,
+        alone: bool = False,
+        discard: Callable[[T], None] | None = None,
+    ) -> T:
+        """`run`, except that a cancelled caller first waits for the operation to end.
+
+        For operations on a descriptor the caller closes next: by the time a still-queued
+        operation ran, the number could name another file.
+        """
+        operation = asyncio.ensure_future(self.run(function, *args, alone=alone, discard=discard))
+        try:
+            return await asyncio.shield(operation)
+        except asyncio.CancelledError:
+            await asyncio.wait({operation})
+            ended = not operation.cancelled() and operation.exception() is None
+            if ended and discard is not None:
+                discard(operation.result())
+            raise
 
     def release(self, function: Callable[..., object], *args: object) -> None:
         """Run `function(*args)` on a worker without waiting for it: clean-up whose outcome

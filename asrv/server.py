@@ -47,6 +47,10 @@ class Server:
         self._log_fd = -1
         self._services: Services | None = None
         self._listener: asyncio.Server | None = None
+        # The listening socket on a descriptor of our own: when the listener closes, this
+        # keeps the socket, and the connections in its backlog, for shutdown to accept.
+        self._backlog: socket.socket | None = None
+        self._admitting = True  # false once shutdown has served every connection it owes
         self._connections: dict[Connection, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
@@ -99,6 +103,8 @@ class Server:
             self._port = sock.getsockname()[1]
             store = self._start_resources()
             _listen(sock)
+            self._backlog = sock.dup()
+            self._resources.callback(self._close_backlog)
             self._services = Services(self.config, self._pool, store, self._fail, self._stopped)
             timeout = self.config.timeout
             self._listener = await asyncio.get_running_loop().create_server(
@@ -186,15 +192,24 @@ class Server:
         self._stopped.set()
         if self._listener is not None:
             self._listener.close()
-        for connection, task in list(self._connections.items()):
-            if connection.idle:
-                task.cancel()
-        tasks = list(self._connections.values())
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=self.config.timeout)
+        await self._accept_backlog()
+        # Every connection finishes the requests whose bytes have reached the server, then
+        # closes; one with no byte of a request, in its buffer or the kernel's, is idle and
+        # closes now. What is still running after `timeout` seconds is cut short (and
+        # logged as the 400 it became). Connections the loop had accepted but not yet
+        # opened may join while this waits: they are waited for too.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout
+        while self._connections:
+            for connection, task in list(self._connections.items()):
+                if connection.idle:
+                    task.cancel()
+            tasks = list(self._connections.values())
+            _, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
             for task in late:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._admitting = False
         log = self._log
         try:
             # Operations of cancelled connections still run; their lines must be covered.
@@ -213,6 +228,35 @@ class Server:
             # The log failed while shutting down: this was no clean stop.
             raise self._failure
 
+    async def _accept_backlog(self) -> None:
+        """Serve the connections still waiting in the listen backlog: their clients
+        connected, and may have sent a whole request, before shutdown began."""
+        backlog, self._backlog = self._backlog, None
+        if backlog is None:
+            return
+        loop = asyncio.get_running_loop()
+        timeout = self.config.timeout
+        try:
+            # Bounded: connections that keep arriving meanwhile must not hold shutdown up.
+            for _ in range(BACKLOG):
+                try:
+                    accepted, _ = backlog.accept()
+                except OSError:  # empty (EAGAIN), or out of descriptors: nothing more to do
+                    break
+                try:
+                    await loop.connect_accepted_socket(
+                        lambda: Channel(timeout, self._on_open), accepted
+                    )
+                except OSError:
+                    accepted.close()
+        finally:
+            backlog.close()
+
+    def _close_backlog(self) -> None:
+        if self._backlog is not None:
+            self._backlog.close()
+            self._backlog = None
+
     def _fail(self, failure: FatalError) -> None:
         """Fail-stop: acknowledge nothing more, drop every connection, stop serving."""
         if self._failure is not None:
@@ -225,7 +269,9 @@ class Server:
         self._stopped.set()
 
     def _on_open(self, channel: Channel) -> None:
-        if self._stopped.is_set():
+        # Connections opened after shutdown began (from the backlog, or accepted by the
+        # loop just before) are still served; only a failed or finished server refuses.
+        if self._failure is not None or not self._admitting:
             channel.abort()
             return
         if len(self._connections) >= self.config.max_connections:
@@ -234,15 +280,16 @@ class Server:
             return
         assert self._services is not None
         connection = Connection(self._services, channel)
-        self._connections[connection] = asyncio.get_running_loop().create_task(
-            self._serve(connection)
-        )
+        task = asyncio.get_running_loop().create_task(connection.serve())
+        self._connections[connection] = task
 
-    async def _serve(self, connection: Connection) -> None:
-        try:
-            await connection.serve()
-        finally:
+        def forget(task: asyncio.Task[None]) -> None:
             del self._connections[connection]
+            if task.cancelled():
+                # Cancelled before it ran (idle at shutdown), its own clean-up never ran.
+                channel.abort()
+
+        task.add_done_callback(forget)
 
 
 async def serve(

@@ -60,12 +60,26 @@ def site(tmp_path: Path) -> Site:
 ServerFactory = Callable[..., AbstractAsyncContextManager[Server]]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets `BOTH_MODES = True` runs each test that starts a server twice:
+    in the default mode and with the course's (`Config.course`)."""
+    if "course_mode" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_MODES", False):
+        metafunc.parametrize("course_mode", [False, True], ids=["default", "course"], indirect=True)
+
+
+@pytest.fixture
+def course_mode(request: pytest.FixtureRequest) -> bool:
+    """Whether `running_server` starts servers in the course's mode (see BOTH_MODES)."""
+    return bool(getattr(request, "param", False))
+
+
 @pytest_asyncio.fixture
-async def running_server(site: Site) -> AsyncIterator[ServerFactory]:
+async def running_server(site: Site, course_mode: bool) -> AsyncIterator[ServerFactory]:
     """A factory: `async with running_server(threads=2) as server:` over `site`."""
 
     @contextlib.asynccontextmanager
     async def start(**options: Any) -> AsyncIterator[Server]:
+        options.setdefault("course", course_mode)
         options.setdefault("root", site.root)
         options.setdefault("log", str(site.log))
         options.setdefault("host", HOST)
@@ -76,8 +90,13 @@ async def running_server(site: Site) -> AsyncIterator[ServerFactory]:
     yield start
 
 
-async def exchange(port: int, data: bytes, *, shutdown: bool = False) -> bytes:
-    """Send `data` on a new connection and return everything the server sends back."""
+async def exchange(port: int, data: bytes, *, shutdown: bool = True) -> bytes:
+    """Send `data` on a new connection and return everything the server sends back.
+
+    The course's client shape: send, half-close (unless `shutdown=False`), read to EOF.
+    Connections persist by default, so without the half-close the server only closes once
+    the connection has been idle for its timeout.
+    """
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
         writer.write(data)

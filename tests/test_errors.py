@@ -19,8 +19,9 @@ NOT_FOUND = response(404, "Not Found")
 NOT_IMPLEMENTED = response(501, "Not Implemented")
 VERSION = response(505, "Version Not Supported")
 
-# (request bytes, expected response, expected log line or None when nothing is logged)
-CASES: list[tuple[bytes, bytes, str | None]] = [
+# (request bytes, expected response, expected log line or None when nothing is logged), in
+# the course's mode: its grammar, exactly.
+COURSE_CASES: list[tuple[bytes, bytes, str | None]] = [
     # Request-line syntax: 400, nothing logged (there is no request line to log).
     (b"GET /a.txt\r\n\r\n", BAD, None),
     (b"GET a.txt HTTP/1.1\r\n\r\n", BAD, None),
@@ -75,6 +76,51 @@ CASES: list[tuple[bytes, bytes, str | None]] = [
 ]
 
 
+# Where the default mode answers differently: RFC 9110 header fields, HTTP/1.0 served.
+_DEFAULT_ANSWERS: dict[bytes, tuple[bytes, str | None]] = {
+    b"\r\n\r\n": (b"", None),  # empty lines before a request are skipped; then EOF
+    b"GET /a HTTP/1.0\r\nRequest-Id: 7\r\n\r\n": (
+        response(404, "Not Found", close=True),
+        "GET,/a,404,7",
+    ),
+    b"FETCH /a HTTP/1.0\r\n\r\n": (response(501, "Not Implemented", close=True), "FETCH,/a,501,0"),
+    b"GET /a HTTP/1.1\r\nHost:x\r\n\r\n": (NOT_FOUND, "GET,/a,404,0"),
+    b"GET /a HTTP/1.1\r\nHost: \r\n\r\n": (NOT_FOUND, "GET,/a,404,0"),
+    b"GET /a HTTP/1.1\r\nHost: " + b"x" * 129 + b"\r\n\r\n": (NOT_FOUND, "GET,/a,404,0"),
+    b"GET /a HTTP/1.1\r\n" + b"k" * 129 + b": v\r\n\r\n": (NOT_FOUND, "GET,/a,404,0"),
+}
+DEFAULT_CASES = [
+    (request, *_DEFAULT_ANSWERS.get(request, (expected, line)))
+    for request, expected, line in COURSE_CASES
+] + [
+    # Framing the server cannot follow: 400, and the connection ends.
+    (
+        b"PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        BAD,
+        "PUT,/a,400,0",
+    ),
+    (b"PUT /a HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi", BAD, "PUT,/a,400,0"),
+    (b"GET /a HTTP/1.1\r\nX : y\r\n\r\n", BAD, "GET,/a,400,0"),
+    (b"GET /a HTTP/1.1\r\nX: y\r\n z\r\n\r\n", BAD, "GET,/a,400,0"),
+    (b"GET /a HTTP/1.1\r\nX: \xc3\xa9\r\n\r\n", BAD, "GET,/a,400,0"),
+    (b"PUT /a HTTP/3.0\r\n\r\n", VERSION, "PUT,/a,505,0"),
+    # Valid in the default grammar only.
+    (
+        b"GET /a HTTP/1.1\r\nX_Y!:\t spaced out \t\r\nRequest-Id: q\r\n\r\n",
+        NOT_FOUND,
+        "GET,/a,404,q",
+    ),
+    (
+        b"PUT /fifo HTTP/1.0\r\nContent-Length: 1\r\n\r\nx",
+        response(403, "Forbidden", close=True),
+        "PUT,/fifo,403,0",
+    ),
+]
+CASES = [pytest.param(False, *case, id=f"default-{n}") for n, case in enumerate(DEFAULT_CASES)] + [
+    pytest.param(True, *case, id=f"course-{n}") for n, case in enumerate(COURSE_CASES)
+]
+
+
 @pytest.fixture
 def hostile_root(site: Site) -> Site:
     """A root holding a directory, a symlink, a FIFO, and the audit log itself."""
@@ -87,15 +133,16 @@ def hostile_root(site: Site) -> Site:
     return Site(site.root, site.root / "audit.log")
 
 
-@pytest.mark.parametrize(("request_bytes", "expected", "line"), CASES)
+@pytest.mark.parametrize(("course", "request_bytes", "expected", "line"), CASES)
 async def test_error_responses(
     hostile_root: Site,
     running_server: ServerFactory,
+    course: bool,
     request_bytes: bytes,
     expected: bytes,
     line: str | None,
 ) -> None:
-    async with running_server(log=str(hostile_root.log)) as server:
+    async with running_server(log=str(hostile_root.log), course=course) as server:
         assert await exchange(server.port, request_bytes) == expected
     assert hostile_root.log_lines() == ([line] if line else [])
     assert (hostile_root.root / "target").read_bytes() == b"secret"
@@ -128,19 +175,30 @@ async def test_device_files_are_forbidden(
     assert (hostile_root.root / "device").is_char_device()
 
 
-async def test_head_limit_is_2048_bytes(site: Site, running_server: ServerFactory) -> None:
+@pytest.mark.parametrize(
+    ("options", "limit"),
+    [
+        ({"course": True}, 2048),
+        ({}, 8192),
+        ({"max_head": 300}, 300),
+        ({"course": True, "max_head": 4000}, 4000),
+    ],
+)
+async def test_head_limit(
+    site: Site, running_server: ServerFactory, options: dict[str, object], limit: int
+) -> None:
     (site.root / "a").write_bytes(b"A")
-    async with running_server() as server:
-        assert await exchange(server.port, head_of_size(2048)) == response(200, "OK", b"A")
-        assert await exchange(server.port, head_of_size(2049)) == BAD
-        assert await exchange(server.port, b"G" * 5000) == BAD
+    async with running_server(**options) as server:
+        assert await exchange(server.port, head_of_size(limit)) == response(200, "OK", b"A")
+        assert await exchange(server.port, head_of_size(limit + 1)) == BAD
+        assert await exchange(server.port, b"G" * (limit + 100)) == BAD
     assert site.log_lines() == ["GET,/a,200,0", "GET,/a,400,0"]
 
 
 async def test_headers_are_case_insensitive_and_last_wins(
     site: Site, running_server: ServerFactory
 ) -> None:
-    async with running_server() as server:
+    async with running_server(course=True) as server:
         answer = await exchange(
             server.port,
             b"PUT /h HTTP/1.1\r\ncontent-length: 99\r\nCONTENT-LENGTH: 2\r\n"
@@ -149,6 +207,25 @@ async def test_headers_are_case_insensitive_and_last_wins(
     assert answer == response(201, "Created")
     assert (site.root / "h").read_bytes() == b"hi"
     assert site.log_lines() == ["PUT,/h,201,b"]
+
+
+async def test_repeated_headers_in_the_default_mode(
+    site: Site, running_server: ServerFactory
+) -> None:
+    async with running_server() as server:
+        answer = await exchange(
+            server.port,
+            b"PUT /h HTTP/1.1\r\ncontent-length: 2\r\nCONTENT-LENGTH: 2\r\n"
+            b"request-id: a\r\nREQUEST-ID: b\r\n\r\nhi",
+        )
+        # Two different lengths: which one frames the body is a guess the server won't make.
+        conflicting = await exchange(
+            server.port, b"PUT /h HTTP/1.1\r\nContent-Length: 99\r\nContent-Length: 2\r\n\r\nhi"
+        )
+    assert answer == response(201, "Created")
+    assert conflicting == BAD
+    assert (site.root / "h").read_bytes() == b"hi"
+    assert site.log_lines() == ["PUT,/h,201,b", "PUT,/h,400,0"]
 
 
 async def test_nothing_logged_for_a_silent_connection(

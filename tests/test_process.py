@@ -138,3 +138,21 @@ def test_log_on_stderr_owns_it(site: Site, spawn_server: Callable[..., Process])
     assert asyncio.run(get(server.port, "zz", 2)) == response(404, "Not Found")
     assert server.stop() == 0
     assert server.stderr.text() == "GET,/a,200,1\nGET,/zz,404,2\n"
+
+
+def test_sigterm_right_after_a_request_was_sent(
+    site: Site, spawn_server: Callable[..., Process]
+) -> None:
+    (site.root / "a").write_bytes(b"A")
+    for round_ in range(5):
+        server = spawn_server("-t", "2")
+        with socket.create_connection((HOST, server.port)) as client:
+            client.sendall(b"GET /a HTTP/1.1\r\nRequest-Id: %d\r\n\r\n" % round_)
+            server.popen.send_signal(signal.SIGTERM)
+            client.settimeout(20)
+            received = b""
+            while chunk := client.recv(65536):
+                received += chunk
+        assert received == response(200, "OK", b"A")
+        assert server.popen.wait(30) == 0
+    assert site.log_lines() == [f"GET,/a,200,{n}" for n in range(5)]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from asrv.cli import build_parser
+from asrv.http import DEFAULT_MAX_HEAD
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -58,6 +59,8 @@ def documented_default(action: argparse.Action) -> str:
         return ""
     if action.nargs == 0:  # a flag: --keep-alive is "off"; --no-fsync leaves "fsync on"
         return f"{action.dest} on" if default is True else "off"
+    if action.dest == "max_head":  # None: the grammar's own limit
+        return str(DEFAULT_MAX_HEAD)
     if default is None:
         return "no limit"
     if default == Path("."):

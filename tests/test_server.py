@@ -11,6 +11,8 @@ from tests.conftest import HOST, ServerFactory, Site, exchange, get, put, respon
 
 pytestmark = pytest.mark.asyncio
 
+BOTH_MODES = True
+
 
 async def test_sequential_get_get_put_get_with_exact_log(
     site: Site, running_server: ServerFactory
@@ -138,7 +140,10 @@ async def test_get_body_is_read_and_ignored(site: Site, running_server: ServerFa
         answer = await exchange(
             server.port, b"GET /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nxxxxxtrailing junk"
         )
-    assert answer == response(200, "OK", b"A")
+    # What follows the body is the next request: on a persistent connection a malformed one
+    # (400, not logged: no request line), in the course's mode ignored.
+    trailing = b"" if server.config.course else response(400, "Bad Request")
+    assert answer == response(200, "OK", b"A") + trailing
     assert site.log_lines() == ["GET,/a,200,0"]
 
 
@@ -199,7 +204,7 @@ async def test_slow_reader_delays_neither_readers_nor_writers(
         assert await asyncio.wait_for(put(server.port, "f", b"new"), 20) == response(200, "OK")
         assert await asyncio.wait_for(get(server.port, "f"), 20) == response(200, "OK", b"new")
         # And the slow reader still gets the old content, whole.
-        rest = await asyncio.wait_for(slow_reader.read(), 60)
+        rest = await asyncio.wait_for(slow_reader.readexactly(len(old)), 60)
         assert rest == old
         slow.close()
 
@@ -320,7 +325,9 @@ async def test_a_stream_of_puts_does_not_starve_gets(
     site: Site, running_server: ServerFactory
 ) -> None:
     (site.root / "a").write_bytes(b"A")
-    async with running_server(threads=2, keep_alive=True) as server:
+    async with running_server(threads=2) as server:
+        if server.config.course:
+            pytest.skip("the putters send request after request on one connection")
         loop = asyncio.get_running_loop()
         stop_at = loop.time() + 6
 
