@@ -1,25 +1,41 @@
 """A bounded, concurrent load driver for a running asrv that records what every client saw.
 
     python -m asrv.load --port 8080 --root ./files --history run.jsonl --requests 5000
+    python -m asrv.load --port 8080 --root ./files --history run.jsonl --keep-alive
 
-Each request goes on a new connection with a unique `Request-Id` (`RUN-N`, where RUN is a
-random tag of this run) and `Connection: close`. A PUT's body is derived from its id
-(`body_for`: sha256 of the id, repeated to the length), so contents can be recomputed from an
-id alone. The history (`--history`, JSON lines) is what `python -m asrv.check` needs to judge
-the server's audit log: a header, then one record per request, in completion order:
+Every request has a unique `Request-Id` (`RUN-N`, where RUN is a random tag of this run).
+By default each request goes on a new connection and says `Connection: close`. With
+`--keep-alive` each client keeps one persistent connection and sends its requests on it one
+after another (no `Connection: close`; the responses are framed by their Content-Length). It
+opens a new connection only when the old one cannot carry the next request: the server closed
+it or said `Connection: close`, the last response was an error after which a server may close
+(any 4xx or 5xx but 404), the request timed out or its response was malformed, or a
+`--slow stall-upload` request gave up (closing its connection). A request sent on a reused
+connection that the server closed before answering is recorded as failed, like any other,
+and is not retried: the checker must treat it as possibly logged. With `--slow slow-read`,
+every kept connection has a slow reader's small receive buffer (it carries fast readers'
+requests too); only the requests planned as slow read slowly. `--keep-alive` needs a server
+that keeps connections (not one running with `--course`).
+
+A PUT's body is derived from its id (`body_for`: sha256 of the id, repeated to the length),
+so contents can be recomputed from an id alone. The history (`--history`, JSON lines) is
+what `python -m asrv.check` needs to judge the server's audit log: a header, then one record
+per request, in completion order:
 
     {"type": "header", "format": "asrv-history", "version": 1, "run": "5f0c9a1e",
      "target": "127.0.0.1:8080", "initial": {"/load-0": {"sha256": "9f86...", "length": 4},
-     "/load-1": null}, "options": {...}}
+     "/load-1": null}, "options": {..., "keep_alive": false, ...}}
     {"type": "request", "id": "5f0c9a1e-0", "method": "PUT", "uri": "/load-0",
      "body_sha256": "2c26...", "body_length": 4096, "invoke": 5021.25, "complete": 5021.31,
      "status": 201, "response_sha256": "a1b2...", "response_length": 8, "error": null}
 
 `initial` maps each URI the run uses to its content before the first request (`null`: absent);
-it is itself `null` without `--root`, and the checker then infers the start state. `invoke` is
-`time.monotonic()` just before connecting and `complete` just after the whole response was
-read. A request that got no whole response has `status`, `complete` and the response fields
-`null` and says why in `error` (`gave-up: ...` when the plan was to abandon it).
+it is itself `null` without `--root`, and the checker then infers the start state. `options`
+records how the run was driven (`keep_alive` says which connection mode ran). `invoke` is
+`time.monotonic()` just before sending the request (before connecting, when the request
+needs a new connection) and `complete` just after the whole response was read. A request that
+got no whole response has `status`, `complete` and the response fields `null` and says why in
+`error` (`gave-up: ...` when the plan was to abandon it).
 """
 
 from __future__ import annotations
@@ -43,7 +59,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, NamedTuple, TextIO
 
 HISTORY_FORMAT = "asrv-history"
 HISTORY_VERSION = 1
@@ -66,6 +82,10 @@ READ_CHUNK = 1 << 16
 CLOSE_GRACE = 1.0
 PROGRESS_EVERY = 3.0
 """Seconds between progress lines; shorter runs print none."""
+KEPT_AFTER_ERROR = frozenset({404})
+"""Error statuses after which a kept connection carries the next request. After any other
+4xx or 5xx a server may close without saying so (asrv does after 400, 413 and 505): the
+client opens a new connection rather than race that close."""
 
 
 class LoadError(Exception):
@@ -95,6 +115,7 @@ class LoadOptions:
     root: Path | None = None
     history: Path | None = None
     request_timeout: float = 30.0
+    keep_alive: bool = False
 
     def validate(self) -> None:
         """Raise `LoadError` naming the first option that cannot work."""
@@ -128,6 +149,7 @@ class LoadOptions:
             "slow": sorted(self.slow),
             "root": None if self.root is None else str(self.root),
             "request_timeout": self.request_timeout,
+            "keep_alive": self.keep_alive,
         }
 
 
@@ -207,6 +229,7 @@ class Summary:
     run: str
     seed: int | None = None
     requests: int = 0
+    connections: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     elapsed: float = 0.0
@@ -230,8 +253,9 @@ class Summary:
         statuses = " ".join(f"{code}:{n}" for code, n in sorted(self.statuses.items()))
         errors = " ".join(f"{kind}:{n}" for kind, n in sorted(self.errors.items()))
         return (
-            f"asrv.load: run {self.run} (seed {self.seed}): {self.requests} requests in "
-            f"{self.elapsed:.1f} s ({rate:.0f} req/s); statuses {statuses or 'none'}; "
+            f"asrv.load: run {self.run} (seed {self.seed}): {self.requests} requests on "
+            f"{self.connections} connections in {self.elapsed:.1f} s ({rate:.0f} req/s); "
+            f"statuses {statuses or 'none'}; "
             f"errors {errors or 'none'}"
         )
 
@@ -282,13 +306,12 @@ def _plan_stall(rng: random.Random, length: int) -> Stall | None:
     return Stall(rng.randrange(length), rng.uniform(*STALL_SECONDS), then)
 
 
-def request_head(planned: PlannedRequest) -> bytes:
-    """The request line and headers of a planned request."""
-    lines = [
-        f"{planned.method} {planned.uri} HTTP/1.1",
-        f"Request-Id: {planned.request_id}",
-        "Connection: close",
-    ]
+def request_head(planned: PlannedRequest, *, close: bool = True) -> bytes:
+    """The request line and headers of a planned request; `close` asks for `Connection:
+    close`, so that the server ends the connection after its response."""
+    lines = [f"{planned.method} {planned.uri} HTTP/1.1", f"Request-Id: {planned.request_id}"]
+    if close:
+        lines.append("Connection: close")
     if planned.method == "PUT":
         lines.append(f"Content-Length: {planned.body_length}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -300,35 +323,96 @@ async def perform(
     port: int,
     timeout: float = 30.0,  # noqa: ASYNC109 (the record must say which request timed out)
 ) -> RequestRecord:
-    """Send one request on a new connection and record what came back.
+    """Send one request on a new connection (with `Connection: close`) and record what came
+    back.
 
     Never raises for network trouble: a request without a whole response is recorded with
     `status` None and the reason in `error`.
     """
-    body = body_for(planned.request_id, planned.body_length) if planned.method == "PUT" else b""
-    record = RequestRecord(
-        planned.request_id,
-        planned.method,
-        planned.uri,
-        hashlib.sha256(body).hexdigest() if planned.method == "PUT" else None,
-        len(body),
-        invoke=time.monotonic(),
-    )
-    writer: asyncio.StreamWriter | None = None
+    client = Client(host, port)
     try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await _connect(host, port, planned.slow_read)
-            await _exchange(reader, writer, planned, body, record)
-    except TimeoutError:
-        record.error = f"timeout: no whole response within {timeout} s"
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
-        record.error = f"connection: {type(error).__name__}: {error}"
-    except BadResponse as error:
-        record.error = f"bad-response: {error}"
+        return await client.perform(planned, timeout)
     finally:
-        if writer is not None:
+        await client.close()
+
+
+class Client:
+    """One client of the load, sending its requests one after another (never two at once).
+
+    Each request goes on a new connection with `Connection: close`, or, with `keep_alive`,
+    on the client's one connection for as long as it can carry the next request (see the
+    module notes). `connections` counts the connections it opened.
+    """
+
+    def __init__(
+        self, host: str, port: int, *, keep_alive: bool = False, small_receive_buffer: bool = False
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.keep_alive = keep_alive
+        self.small_receive_buffer = small_receive_buffer
+        """Open every connection with a small receive buffer, not only a slow reader's."""
+        self.connections = 0
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def perform(
+        self,
+        planned: PlannedRequest,
+        timeout: float = 30.0,  # noqa: ASYNC109 (the record must say which request timed out)
+    ) -> RequestRecord:
+        """Send one request and record what came back; never raises for network trouble."""
+        body = body_for(planned.request_id, planned.body_length) if planned.method == "PUT" else b""
+        if self._streams is not None and _ended(*self._streams):
+            await self.close()  # the server closed it since the last response: a new one
+        reused = self._streams is not None
+        record = RequestRecord(
+            planned.request_id,
+            planned.method,
+            planned.uri,
+            hashlib.sha256(body).hexdigest() if planned.method == "PUT" else None,
+            len(body),
+            invoke=time.monotonic(),
+        )
+        keep = False
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await self._connection(planned.slow_read)
+                keep = await _exchange(
+                    reader, writer, planned, body, record, keep_alive=self.keep_alive
+                )
+        except TimeoutError:
+            record.error = f"timeout: no whole response within {timeout} s"
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
+            record.error = f"connection: {type(error).__name__}: {error}"
+            if reused:
+                record.error += " (on a reused connection)"
+        except BadResponse as error:
+            record.error = f"bad-response: {error}"
+        finally:
+            if not keep:
+                await self.close()
+        return record
+
+    async def close(self) -> None:
+        """Close the client's connection, if it has one."""
+        if self._streams is not None:
+            writer = self._streams[1]
+            self._streams = None
             await _close(writer)
-    return record
+
+    async def _connection(
+        self, slow_read: bool
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._streams is None:
+            small = self.small_receive_buffer or slow_read
+            self._streams = await _connect(self.host, self.port, small)
+            self.connections += 1
+        return self._streams
+
+
+def _ended(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Whether a kept connection is known to be over (the server's end of stream is in)."""
+    return reader.at_eof() or writer.is_closing()
 
 
 async def _connect(
@@ -354,18 +438,27 @@ async def _exchange(
     planned: PlannedRequest,
     body: bytes,
     record: RequestRecord,
-) -> None:
-    if not await _send(writer, planned, body):
+    *,
+    keep_alive: bool,
+) -> bool:
+    """Send the request and read its response into `record`; True if, with `keep_alive`, the
+    connection can carry the next request."""
+    if not await _send(writer, planned, body, close=not keep_alive):
         record.error = f"gave-up: {planned.stall} of {planned.body_length}"
-        return
-    status, digest, length = await read_response(reader, planned.slow_read)
+        return False
+    response = await read_response(reader, planned.slow_read)
     record.complete = time.monotonic()
-    record.status, record.response_sha256, record.response_length = status, digest, length
+    record.status, record.response_sha256 = response.status, response.sha256
+    record.response_length = response.length
+    kept_status = response.status < 400 or response.status in KEPT_AFTER_ERROR
+    return keep_alive and kept_status and not response.close
 
 
-async def _send(writer: asyncio.StreamWriter, planned: PlannedRequest, body: bytes) -> bool:
+async def _send(
+    writer: asyncio.StreamWriter, planned: PlannedRequest, body: bytes, *, close: bool = True
+) -> bool:
     """Write the request; False when the plan is to give up part-way (connection ended)."""
-    writer.write(request_head(planned))
+    writer.write(request_head(planned, close=close))
     stall = planned.stall
     if stall is None:
         writer.write(body)
@@ -385,37 +478,63 @@ async def _send(writer: asyncio.StreamWriter, planned: PlannedRequest, body: byt
     return False
 
 
-async def read_response(reader: asyncio.StreamReader, slow: bool) -> tuple[int, str, int]:
-    """Read one whole response: (status, sha256 of the body, body length)."""
+class ResponseHead(NamedTuple):
+    """What a response head says about the response."""
+
+    status: int
+    length: int
+    """The body's Content-Length."""
+    close: bool
+    """The server said `Connection: close`."""
+
+
+class Response(NamedTuple):
+    """One whole response: status, sha256 and length of the body, `Connection: close`."""
+
+    status: int
+    sha256: str
+    length: int
+    close: bool
+
+
+async def read_response(reader: asyncio.StreamReader, slow: bool) -> Response:
+    """Read one whole response, framed by its Content-Length (never reading past it)."""
     if slow:
         await asyncio.sleep(SLOW_READ_PAUSE)
-    status, length = parse_response_head(await reader.readuntil(b"\r\n\r\n"))
+    head = parse_response_head(await reader.readuntil(b"\r\n\r\n"))
     digest = hashlib.sha256()
-    chunk = max(SLOW_READ_BUFFER, -(-length // SLOW_READ_PAUSES)) if slow else READ_CHUNK
-    remaining = length
+    chunk = max(SLOW_READ_BUFFER, -(-head.length // SLOW_READ_PAUSES)) if slow else READ_CHUNK
+    remaining = head.length
     while remaining > 0:
         data = await reader.readexactly(min(remaining, chunk))
         digest.update(data)
         remaining -= len(data)
         if slow:
             await asyncio.sleep(SLOW_READ_PAUSE)
-    return status, digest.hexdigest(), length
+    return Response(head.status, digest.hexdigest(), head.length, head.close)
 
 
-def parse_response_head(head: bytes) -> tuple[int, int]:
-    """(status, Content-Length) of a response head ending with the empty line."""
+def parse_response_head(head: bytes) -> ResponseHead:
+    """Status, Content-Length and `Connection: close` of a response head ending with the
+    empty line."""
     status_line, *header_lines = head[: -len(b"\r\n\r\n")].split(b"\r\n")
     match = re.fullmatch(rb"HTTP/1\.1 ([0-9]{3}) [ -~]*", status_line)
     if match is None:
         raise BadResponse(f"status line {status_line[:80]!r}")
-    lengths = [
-        value.strip()
+    fields = [
+        (name.strip().lower(), value.strip())
         for name, _, value in (line.partition(b":") for line in header_lines)
-        if name.lower() == b"content-length"
     ]
+    lengths = [value for name, value in fields if name == b"content-length"]
     if len(lengths) != 1 or not lengths[0].isdigit():
         raise BadResponse(f"Content-Length headers {lengths!r}")
-    return int(match[1]), int(lengths[0])
+    options = {
+        option.strip().lower()
+        for name, value in fields
+        if name == b"connection"
+        for option in value.split(b",")
+    }
+    return ResponseHead(int(match[1]), int(lengths[0]), b"close" in options)
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -534,7 +653,9 @@ async def run_load(options: LoadOptions, progress: TextIO | None = None) -> Summ
                 _report_progress(summary, options.requests, started, progress)
             )
         try:
-            await _drive(options, plan_requests(options, run), finished, started)
+            summary.connections = await _drive(
+                options, plan_requests(options, run), finished, started
+            )
         finally:
             if reporter is not None:
                 reporter.cancel()
@@ -547,24 +668,40 @@ async def _drive(
     plan: Iterator[PlannedRequest],
     finished: Callable[[RequestRecord], None],
     started: float,
-) -> None:
+) -> int:
+    """Run the clients until the plan is done or the deadline passed; the connections
+    they opened."""
     deadline = None if options.duration is None else started + options.duration
-    async with asyncio.TaskGroup() as clients:
-        for _ in range(options.clients):
-            clients.create_task(_client(plan, options, deadline, finished))
+    clients = [
+        Client(
+            options.host,
+            options.port,
+            keep_alive=options.keep_alive,
+            small_receive_buffer=options.keep_alive and "slow-read" in options.slow,
+        )
+        for _ in range(options.clients)
+    ]
+    async with asyncio.TaskGroup() as group:
+        for client in clients:
+            group.create_task(_client(client, plan, options, deadline, finished))
+    return sum(client.connections for client in clients)
 
 
 async def _client(
+    client: Client,
     plan: Iterator[PlannedRequest],
     options: LoadOptions,
     deadline: float | None,
     finished: Callable[[RequestRecord], None],
 ) -> None:
     # The clients share one plan: each takes the next request when its previous one is done.
-    for planned in plan:
-        if deadline is not None and time.monotonic() >= deadline:
-            return
-        finished(await perform(planned, options.host, options.port, options.request_timeout))
+    try:
+        for planned in plan:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            finished(await client.perform(planned, options.request_timeout))
+    finally:
+        await client.close()
 
 
 async def _report_progress(summary: Summary, total: int, started: float, stream: TextIO) -> None:
@@ -600,6 +737,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--duration", type=float, help="stop issuing requests after this many seconds")
     add("--request-timeout", type=float, default=30.0, help="seconds per request (default: 30)")
     add(
+        "--keep-alive",
+        action="store_true",
+        help="each client sends its requests one after another on one persistent connection "
+        "(no Connection: close), opening a new one only when the server closed it, after an "
+        "error response but 404, a timeout, or a request that gave up (default: a new "
+        "connection per request, with Connection: close; not for a server run with --course)",
+    )
+    add(
         "--slow",
         action="append",
         choices=SLOW_MODES,
@@ -632,6 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root=args.root,
         history=args.history,
         request_timeout=args.request_timeout,
+        keep_alive=args.keep_alive,
     )
     try:
         summary = asyncio.run(run_load(options, progress=sys.stderr))

@@ -8,7 +8,10 @@ by commas (`new=.:--loop,asyncio`). Every round runs every case on every variant
 server at a time on 127.0.0.1 with a fresh root, so drift on a shared machine hits all
 alike. It prints each run (req/s, server CPU per request, log flushes per 1,000 requests),
 then per case the median req/s of each variant and its ratio to the first variant.
-Cases (default: all of `run.py`'s): get4k-close, get4k-ka, get1m-ka, put4k-close, mix.
+Cases (default: all of `run.py`'s): get4k-close, get4k-ka, get1m-ka, put4k-close, mix. asrv
+runs in its default (persistent) connection mode; the 1 request/connection cases have wrk
+send `Connection: close`, and a probe warns when a variant does not treat connections as a
+case needs.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_servers import ServerError, cpu_seconds, start_asrv, stop
+from bench_servers import (
+    ServerError,
+    connection_mode_problem,
+    cpu_seconds,
+    start_asrv,
+    stop,
+)
 from bench_tools import ToolError, ensure_programs
 from bench_wrk import WrkError, run_wrk, write_scripts
 from run import CASES, Case, flushes_per_1k, fresh_site
@@ -90,15 +99,11 @@ def _run(
     work, root = fresh_site(workdir, f"{case.key}-{variant.name}")
     label = f"round {round_number} {case.key:12} {variant.name:12}"
     try:
-        server = start_asrv(
-            root,
-            work,
-            fsync=True,
-            keep_alive=case.keep_alive,
-            source=variant.source,
-            options=variant.options,
-        )
+        server = start_asrv(root, work, fsync=True, source=variant.source, options=variant.options)
         try:
+            problem = connection_mode_problem(server.port, "/file4k", keep_alive=case.keep_alive)
+            if problem is not None:
+                print(f"{label} WARNING: asrv {problem}", flush=True)
             before = cpu_seconds(server.pid)
             result = run_wrk(
                 wrk,

@@ -48,7 +48,7 @@ class MemoryResult:
 def measure(work: Path, size: int = GIB) -> MemoryResult:
     root = work / "root"
     root.mkdir()
-    server = start_asrv(root, work, fsync=True, keep_alive=False)
+    server = start_asrv(root, work, fsync=True)
     try:
         idle = peak_rss_kib(server.pid)
         started = time.monotonic()

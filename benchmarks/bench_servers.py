@@ -3,6 +3,10 @@
 Every server runs as a child process in its own session, on its own port, with its own
 root; it is stopped by its PID (SIGTERM, then SIGKILL if it does not go within a bound), and
 any process it spawned (nginx's worker) is checked to be gone.
+
+asrv runs in its default connection mode in every case: persistent connections, closed after
+a response to a request that says `Connection: close`. Which of the two a case measures is
+up to the client; `connection_mode_problem` checks that the server does what the case needs.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 20.0
+PROBE_TIMEOUT = 5.0
 
 NGINX_CONF = """\
 {user}worker_processes 1;
@@ -94,11 +99,9 @@ class ServerError(Exception):
 
 
 @contextmanager
-def serving(
-    kind: ServerKind, root: Path, work: Path, *, keep_alive: bool, nginx: str
-) -> Iterator[Running]:
+def serving(kind: ServerKind, root: Path, work: Path, *, nginx: str) -> Iterator[Running]:
     """Run one server for the duration of the block; its stderr ends up in `stopped_output`."""
-    server = _start(kind, root, work, keep_alive=keep_alive, nginx=nginx)
+    server = _start(kind, root, work, nginx=nginx)
     try:
         yield server
     finally:
@@ -110,16 +113,13 @@ def start_asrv(
     work: Path,
     *,
     fsync: bool,
-    keep_alive: bool,
     source: Path | None = None,
     options: Sequence[str] = (),
 ) -> Running:
     """Start asrv (from the checkout `source` if given, else the installed one), with
-    extra command-line `options`."""
+    extra command-line `options`, in its default connection mode (persistent)."""
     argv = [sys.executable, "-m", "asrv", "--host", HOST, "--root", str(root)]
     argv += ["--log", str(work / "audit.log"), "-t", str(ASRV_THREADS), *options]
-    if keep_alive:
-        argv.append("--keep-alive")
     if not fsync:
         argv.append("--no-fsync")
     argv.append("0")
@@ -171,9 +171,67 @@ def peak_rss_kib(pid: int) -> int:
     return int(match[1])
 
 
-def _start(kind: ServerKind, root: Path, work: Path, *, keep_alive: bool, nginx: str) -> Running:
+def connection_mode_problem(port: int, path: str, *, keep_alive: bool) -> str | None:
+    """None if the server on `port` treats connections as a case needs, else what it did.
+
+    A keep-alive case needs two GETs of `path`, sent one after the other on one connection
+    without `Connection: close`, both answered. A one-request-per-connection case (wrk sends
+    `Connection: close`) needs the response to say `Connection: close` and the connection
+    closed after it: wrk reconnects only when the response says so.
+    """
+    request = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n"
+    try:
+        with socket.create_connection((HOST, port), timeout=PROBE_TIMEOUT) as connection:
+            if keep_alive:
+                for number in (1, 2):
+                    try:
+                        connection.sendall(f"{request}\r\n".encode())
+                        answered = _read_response(connection) is not None
+                    except ConnectionError:
+                        answered = False
+                    if not answered:
+                        return f"closed the connection after {number - 1} of 2 requests"
+                return None
+            connection.sendall(f"{request}Connection: close\r\n\r\n".encode())
+            head = _read_response(connection)
+            if head is None:
+                return "closed the connection without answering a Connection: close request"
+            if re.search(rb"\r\nconnection: *close\r\n", head, re.IGNORECASE) is None:
+                return "answered a Connection: close request without saying Connection: close"
+            if connection.recv(1) != b"":
+                return "sent more after the response to a Connection: close request"
+    except OSError as error:  # a timeout too: the connection stayed open
+        return f"probe failed: {type(error).__name__}: {error}"
+    return None
+
+
+def _read_response(connection: socket.socket) -> bytes | None:
+    """Read one response framed by its Content-Length; its head (ending with CRLF), or None
+    if the connection ended before a whole response."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = connection.recv(65536)
+        if not piece:
+            return None
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+    if length is None:
+        raise ConnectionError(f"response without Content-Length: {head[:200]!r}")
+    remaining = int(length[1]) - len(body)
+    while remaining > 0:
+        piece = connection.recv(min(remaining, 65536))
+        if not piece:
+            return None
+        remaining -= len(piece)
+    if remaining < 0:
+        raise ConnectionError("more bytes than the Content-Length said")
+    return head + b"\r\n"
+
+
+def _start(kind: ServerKind, root: Path, work: Path, *, nginx: str) -> Running:
     if kind in (ASRV, ASRV_NO_FSYNC):
-        return start_asrv(root, work, fsync=kind is ASRV, keep_alive=keep_alive)
+        return start_asrv(root, work, fsync=kind is ASRV)
     last_error: ServerError | None = None
     for _attempt in range(3):  # a port found free can be taken before the server binds it
         port = _free_port()

@@ -1,6 +1,7 @@
 """Benchmark asrv against nginx, aiohttp and http.server on this machine, with wrk.
 
     python benchmarks/run.py [--seconds 5] [--rounds 3] [--out bench-results/latest.md]
+                             [--case KEY ...]
 
 Every server runs on 127.0.0.1 on its own port with its own fresh root, one at a time. The
 cells run in interleaved rounds (for each round, for each case: asrv, asrv --no-fsync, nginx,
@@ -10,6 +11,11 @@ median req/s with its min-max over rounds, the median p50/p99 latency, and the s
 time (user + sys from /proc/PID/stat over the wrk run) per request. Then asrv's peak RSS over
 a 1 GiB PUT and a 1 GiB GET. wrk and nginx are installed with apt-get if missing; aiohttp and
 uvloop must be importable (the nox session `bench` installs them).
+
+asrv runs in its default (persistent) connection mode in every case: in the
+1 request/connection cases wrk sends `Connection: close`, so asrv closes after each response.
+A probe before each asrv cell checks that it does (in the keep-alive cases, that it keeps the
+connection), and the report notes any mismatch.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from bench_servers import (
     KINDS,
     ServerError,
     ServerKind,
+    connection_mode_problem,
     cpu_seconds,
     serving,
 )
@@ -135,10 +142,11 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="asrv-bench-"))
     try:
         tools = Tools(wrk, nginx, write_scripts(workdir))
-        cells = {(case.key, kind.key): Cell(case, kind) for case in CASES for kind in KINDS}
+        cases = [case for case in CASES if args.case is None or case.key in args.case]
+        cells = {(case.key, kind.key): Cell(case, kind) for case in cases for kind in KINDS}
         _announce(cells, args.seconds, args.rounds)
         for round_number in range(1, args.rounds + 1):
-            for case in CASES:
+            for case in cases:
                 for kind in KINDS:
                     cell = cells[case.key, kind.key]
                     if cell.applicable:
@@ -173,6 +181,12 @@ def _parse_args() -> argparse.Namespace:
         type=Path,
         default=Path("bench-results/latest.md"),
         help="report file, also printed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--case",
+        action="append",
+        choices=[case.key for case in CASES],
+        help="run only this case (repeatable; default: all)",
     )
     return parser.parse_args()
 
@@ -218,7 +232,9 @@ def _run_cell(
     work, root = fresh_site(workdir, f"{case.key}-{kind.key}")
     label = f"round {round_number}/{args.rounds}: {case.title}: {kind.label}"
     try:
-        with serving(kind, root, work, keep_alive=case.keep_alive, nginx=tools.nginx) as server:
+        with serving(kind, root, work, nginx=tools.nginx) as server:
+            if kind in (ASRV, ASRV_NO_FSYNC):
+                _probe_connection_mode(cell, server.port, round_number, label)
             before = cpu_seconds(server.pid)
             result = run_wrk(
                 tools.wrk,
@@ -248,6 +264,16 @@ def _run_cell(
         file=sys.stderr,
         flush=True,
     )
+
+
+def _probe_connection_mode(cell: Cell, port: int, round_number: int, label: str) -> None:
+    """Note it when asrv would not measure the case's connection mode."""
+    problem = connection_mode_problem(port, "/file4k", keep_alive=cell.case.keep_alive)
+    if problem is not None:
+        mode = "keep-alive" if cell.case.keep_alive else "1 request/connection"
+        remark = f"round {round_number}: {mode} case, but asrv {problem}"
+        cell.remarks.append(remark)
+        print(f"{label}: WARNING: {remark}", file=sys.stderr, flush=True)
 
 
 def _asrv_remarks(output: str, result: WrkResult, round_number: int) -> list[str]:
@@ -305,9 +331,7 @@ def render(
         "| asrv / this, fsync / no-fsync | log flushes / 1k req | errors |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for case in CASES:
-        for kind in KINDS:
-            lines.append(_row(cells, cells[case.key, kind.key]))
+    lines += [_row(cells, cell) for cell in cells.values()]
     lines += ["", *_notes(cells, memory, args.rounds)]
     if load[0] > 1.0:
         lines.append(
@@ -374,7 +398,8 @@ def _notes(
         "machine; one server at a time, each with a fresh root.",
         f"- asrv: -t {ASRV_THREADS}. `asrv` rows are the default mode (every log line, and a "
         "PUT's data, fsync'd before the response, group-committed); `asrv --no-fsync` rows "
-        "write without fsync. Keep-alive cases run asrv with --keep-alive.",
+        "write without fsync. asrv runs in its default, persistent, connection mode; in the "
+        "1 request/connection cases wrk sends `Connection: close` (to every server).",
         "- nginx: 1 worker, access_log off, sendfile on, WebDAV `dav_methods PUT`. aiohttp: "
         "web.static for GET, a PUT handler streaming to a temporary file renamed over the "
         "target, uvloop, no access log. Neither fsyncs nor keeps a log.",
