@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import cast
 
+from asrv.budget import ReadBudget
+
 _READ = "read"
 _WRITE = "write"
 
@@ -32,7 +34,9 @@ _SENDFILE_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENO
 
 
 class ClientGone(Exception):
-    """The client stopped taking bytes for `timeout` seconds: the response is given up."""
+    """The response cannot be completed: the client took no byte for `timeout` seconds, or
+    the body can no longer be sent as promised (the file shrank). The connection must be
+    dropped."""
 
 
 class SendfileUnavailable(Exception):
@@ -47,15 +51,20 @@ class SendfileUnavailable(Exception):
 
 
 class Channel(asyncio.Protocol):
-    def __init__(self, timeout: float, on_open: Callable[[Channel], None]) -> None:
+    def __init__(
+        self, timeout: float, on_open: Callable[[Channel], None], budget: ReadBudget
+    ) -> None:
         self.timeout = timeout
         self._on_open = on_open
+        self._budget = budget
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._eof = False
         self._reading_paused = False
+        self._full = False  # this channel's own buffer reached HIGH_WATER
+        self._starved = False  # the server's read budget is exhausted
         self._writing_paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._waiting_for = _READ
@@ -71,14 +80,16 @@ class Channel(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
+        self._budget.join(self, self._starve, self._feed)
         self._on_open(self)
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered >= HIGH_WATER and not self._reading_paused:
-            self._reading_paused = True
-            self._transport().pause_reading()
+        if self._buffered >= HIGH_WATER:
+            self._full = True
+            self._update_reading()
+        self._budget.take(len(data))
         self._wake(_READ)
 
     def eof_received(self) -> bool:
@@ -138,10 +149,33 @@ class Channel(asyncio.Protocol):
             chunk, rest = chunk[:limit], chunk[limit:]
             self._chunks.appendleft(rest)
         self._buffered -= len(chunk)
-        if self._reading_paused and self._buffered < HIGH_WATER // 4 and not self.lost:
-            self._reading_paused = False
-            self._transport().resume_reading()
+        if self._full and self._buffered < HIGH_WATER // 4:
+            self._full = False
+            self._update_reading()
+        self._budget.give(len(chunk))
         return chunk
+
+    def _starve(self) -> None:
+        self._starved = True
+        self._update_reading()
+
+    def _feed(self) -> None:
+        self._starved = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read from the socket unless this buffer is full or the server's is."""
+        paused = self._full or self._starved
+        if paused == self._reading_paused or self.lost:
+            return
+        transport = self._transport()
+        if transport.is_closing():
+            return
+        self._reading_paused = paused
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     async def send(self, data: bytes) -> None:
         """Write `data`; wait while the client is behind, failing only when it stalls.
@@ -300,14 +334,23 @@ class Channel(asyncio.Protocol):
     def close(self) -> None:
         self._cancel_timer()
         self._close_side_socket()
+        self._release_budget()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
         self._cancel_timer()
         self._close_side_socket()
+        self._release_budget()
         if self.transport is not None:
             self.transport.abort()
+
+    def _release_budget(self) -> None:
+        """What is still unread will never be read: it no longer counts."""
+        self._budget.leave(self)
+        self._budget.give(self._buffered)
+        self._buffered = 0
+        self._chunks.clear()
 
     async def _wait(self, seconds: float, kind: str) -> None:
         """Sleep until a `kind` event (or the loss of the connection) wakes this channel,

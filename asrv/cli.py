@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +23,25 @@ from asrv import __version__
 from asrv.config import Config, LoopChoice
 from asrv.errors import ExitStatus, FatalError, StartupError
 from asrv.server import Server
+
+# Numbers are ASCII: Python's int() and float() also take the digits of other scripts
+# (full-width ones, Arabic-Indic ones), which nobody means as a port or a count, and
+# str.isdigit() takes superscripts.
+_DIGITS = re.compile(r"[0-9]+")
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,30}")
+_DECIMAL = re.compile(r"[0-9]{1,30}(\.[0-9]{0,30})?|\.[0-9]{1,30}")
+
+
+def _whole_number(text: str) -> int:
+    if _WHOLE_NUMBER.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    if _DECIMAL.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return float(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-t",
         "--threads",
-        type=int,
+        type=_whole_number,
         default=defaults.threads,
         help="worker threads, at least 1 (default: %(default)s)",
     )
@@ -66,33 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=defaults.timeout,
         help="seconds a connection may go without sending or accepting a "
         "byte (default: %(default)s)",
     )
     parser.add_argument(
         "--head-timeout",
-        type=float,
+        type=_seconds,
         default=defaults.head_timeout,
         help="seconds a request head may take, however it trickles in (default: %(default)s)",
     )
     parser.add_argument(
         "--min-rate",
-        type=int,
+        type=_whole_number,
         default=defaults.min_rate,
         help="bytes/s a request body must average after its first --timeout seconds "
         "(default: %(default)s)",
     )
     parser.add_argument(
         "--max-connections",
-        type=int,
+        type=_whole_number,
         default=defaults.max_connections,
         help="connections beyond this are closed on accept (default: %(default)s)",
     )
     parser.add_argument(
         "--max-body",
-        type=int,
+        type=_whole_number,
         default=defaults.max_body,
         metavar="BYTES",
         help="largest Content-Length accepted; larger gets 413 (default: no limit)",
@@ -105,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-head",
-        type=int,
+        type=_whole_number,
         default=None,
         metavar="BYTES",
         help="largest request head (default: 8192, or 2048 with --course)",
@@ -138,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, bool]:
     """The server's configuration and whether to be quiet; `StartupError` if invalid."""
     args = build_parser().parse_args(argv)
-    if not args.port.isdigit() or not 0 <= int(args.port) <= 65535:
+    if _DIGITS.fullmatch(args.port) is None or not 0 <= int(args.port) <= 65535:
         raise StartupError("Invalid Port", ExitStatus.CANNOT_START)
     try:
         config = Config(
@@ -168,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, quiet = parse_config(argv)
         loop_factory, loop_name = _loop_factory(config.loop)
     except StartupError as error:
-        print(error, file=sys.stderr)
+        print(error.lines(), file=sys.stderr)
         return error.status
     diagnostics = sys.stdout if config.log_is_stderr else sys.stderr
     with asyncio.Runner(loop_factory=loop_factory) as runner:
@@ -200,7 +220,12 @@ async def _serve(config: Config, diagnostics: _Diagnostics, loop_name: str) -> i
     try:
         await server.start()
     except StartupError as error:
-        print(error, file=sys.stderr)
+        if config.log_is_stderr and error.status in _ABOUT_THE_LOG:
+            # Standard error is the audit log, already identified as such: a line in it
+            # would be read back as a request by the next start.
+            diagnostics.error(error.lines())
+        else:
+            print(error.lines(), file=sys.stderr)
         return error.status
     # The audit log owns its stream: when it is standard error, Python's own reports
     # (warnings, tracebacks) must not land in it.
@@ -231,6 +256,10 @@ async def _serve(config: Config, diagnostics: _Diagnostics, loop_name: str) -> i
         f"asrv: stopped after {log.last_seq} requests logged in {log.syncs} log flushes"
     )
     return ExitStatus.OK
+
+
+_ABOUT_THE_LOG = (ExitStatus.LOG_UNUSABLE, ExitStatus.RECOVERY_FAILED)
+"""Start-up failures met once the log has been opened."""
 
 
 def _install_signal_handlers(server: Server) -> None:

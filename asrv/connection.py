@@ -21,13 +21,13 @@ import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from asrv.budget import ReadBudget
 from asrv.channel import Channel, ClientGone
 from asrv.config import Config
 from asrv.errors import FatalError
 from asrv.http import (
     CONTINUE,
     NEED_DATA,
-    NO_REQUEST_ID,
     HeadReader,
     HttpError,
     Method,
@@ -41,7 +41,7 @@ from asrv.http import (
 from asrv.pool import WorkerPool
 from asrv.sending import FileSender
 from asrv.store import PutResult, Store
-from asrv.upload import CHUNK, UploadWriter
+from asrv.upload import UploadBody
 
 READ_LIMIT = 256 * 1024
 """Most bytes taken from the socket in one read."""
@@ -54,6 +54,8 @@ class Services:
     config: Config
     pool: WorkerPool
     store: Store
+    budget: ReadBudget
+    """The one bound on request bytes held in memory, across the server."""
     on_fatal: Callable[[FatalError], None]
     stopping: asyncio.Event
     """Set when the server shuts down: serve what has arrived, then close."""
@@ -78,6 +80,8 @@ class Connection:
         self._reader = HeadReader(services.config.grammar)
         self._sender = FileSender(services.pool, services.store, channel)
         self._served = 0
+        self.started = False
+        """Whether `serve` has begun (and so will close its channel itself)."""
         self._waiting = True  # for the first byte of a next request
         # A request whose line parsed and whose log line is not yet on its way: if the
         # connection is cancelled (shutdown), it is still logged, as the 400 it became.
@@ -90,8 +94,14 @@ class Connection:
         the kernel's buffer: safe to close at shutdown without losing a request."""
         return self._waiting and not self._reader.buffered and not self._channel.has_unread()
 
+    def close_idle(self) -> None:
+        """Shutdown: close an idle connection after what it has still to send (the end of
+        its last response may still be queued). Its wait for a next request then ends."""
+        self._channel.close()
+
     async def serve(self) -> None:
         """Serve requests until the connection ends, then close it."""
+        self.started = True
         try:
             while (step := await self._serve_one()) is _Step.NEXT:
                 self._served += 1
@@ -168,7 +178,8 @@ class Connection:
     async def _reject(self, error: HttpError) -> bool:
         """Answer a head that cannot be served; True if the connection goes on (a 501
         whose body could be skipped)."""
-        if error.body_length is None:
+        max_body = self._config.max_body
+        if error.body_length is None or (max_body is not None and error.body_length > max_body):
             await self._respond(error.status, error.line, error.request_id, error.persistence)
             return False
         if error.line is not None:
@@ -231,24 +242,29 @@ class Connection:
             if min_rate:
                 deadline = started + max(self._config.timeout, received / min_rate)
             try:
-                data = await self._receive(min(remaining, CHUNK), deadline)
+                data = await self._receive(min(remaining, READ_LIMIT), deadline)
             except TimeoutError:
                 return False
             if not data:
                 return False
             remaining -= len(data)
-            if sink is not None:
-                outcome = sink(data)
-                if outcome is not None:
-                    await outcome
+            outcome = None if sink is None else sink(data)
+            # Not kept while waiting for the next piece: the sink holds what it keeps (and
+            # the server's read budget counts it), a stalled client nothing more.
+            del data
+            if outcome is not None:
+                await outcome
         return True
 
     async def _get(self, request: Request) -> bool:
         """Serve a GET; True if the connection stays open for another request."""
         line, request_id = request.line, request.request_id
-        if request.content_length and not await self._read_body(request.content_length, None):
-            await self._respond(Status.BAD_REQUEST, line, request_id, request.persistence)
-            return False
+        if request.content_length:
+            if request.expect_continue:
+                await self._continue(request)
+            if not await self._read_body(request.content_length, None):
+                await self._respond(Status.BAD_REQUEST, line, request_id, request.persistence)
+                return False
         sender = self._sender
         self._unlogged = None  # a queued operation runs, and logs, even if cancelled
         result = await self._services.pool.run(
@@ -270,26 +286,27 @@ class Connection:
     async def _put(self, request: Request) -> bool:
         """Serve a PUT; True if the connection stays open for another request."""
         line, request_id = request.line, request.request_id
-        length = request.content_length or 0
         if request.expect_continue:
-            try:
-                await self._channel.send(CONTINUE)
-            except (ClientGone, ConnectionError):
-                # Gone before its body: logged as the 400 it would have been sent.
-                await self._record(Status.BAD_REQUEST, line, request_id)
-                raise
-        if length <= CHUNK:
-            parts: list[bytes] = []
-            if await self._read_body(length, parts.append):
-                self._unlogged = None
-                store = self._services.store
-                outcome: PutResult | Status = await self._services.pool.run(
-                    store.put_body, line, request_id, b"".join(parts), durable=True, alone=True
-                )
-            else:
-                outcome = Status.BAD_REQUEST
+            await self._continue(request)
+        services = self._services
+        body = UploadBody(
+            services.pool, services.store, services.budget, request.content_length or 0
+        )
+        outcome: PutResult | Status
+        try:
+            complete = await self._read_body(request.content_length or 0, body.add)
+        except OSError:
+            complete = None  # the body could not be stored as it came: 500
+        except BaseException:
+            # Cancelled by a shutdown: the partial body must not outlive the request.
+            await body.abandon()
+            raise
+        if complete:
+            self._unlogged = None
+            outcome = await body.commit(line, request_id)
         else:
-            outcome = await self._put_streamed(line, request_id, length)
+            await body.abandon()
+            outcome = Status.BAD_REQUEST if complete is False else Status.INTERNAL_ERROR
         if isinstance(outcome, Status):
             # The body was not read whole: where the next request starts is unknown.
             await self._respond(outcome, line, request_id, request.persistence)
@@ -299,37 +316,21 @@ class Connection:
         await self._channel.send(fixed_response(outcome.status, connection))
         return keep
 
-    async def _put_streamed(
-        self, line: RequestLine, request_id: str, length: int
-    ) -> PutResult | Status:
-        """Stream a large body into an upload file, then commit it; a Status (400 or 500)
-        if the body was not read whole, or could not be stored as it came."""
-        pool, store = self._services.pool, self._services.store
+    async def _continue(self, request: Request) -> None:
+        """Send 100 (Continue) to a client that waits for it before sending its body."""
         try:
-            writer = await UploadWriter.open(pool, store, length)
-        except OSError:
-            return Status.INTERNAL_ERROR
-        try:
-            complete = await self._read_body(length, writer.write)
-        except OSError:
-            await writer.abandon()
-            return Status.INTERNAL_ERROR
-        except BaseException:
-            # Cancelled by a shutdown: the partial body must not outlive the request.
-            await writer.abandon()
+            await self._channel.send(CONTINUE)
+        except (ClientGone, ConnectionError):
+            # Gone before its body: logged as the 400 it would have been sent.
+            await self._record(Status.BAD_REQUEST, request.line, request.request_id)
             raise
-        if not complete:
-            await writer.abandon()
-            return Status.BAD_REQUEST
-        self._unlogged = None
-        return await writer.commit(line, request_id)
 
     async def _respond(
         self,
         status: Status,
         line: RequestLine | None,
         request_id: str,
-        persistence: Persistence = Persistence.ONCE,
+        persistence: Persistence,
         *,
         keep: bool = False,
     ) -> None:
@@ -343,9 +344,7 @@ class Connection:
         """Log a request that did no file work, and wait until its line is durable."""
         store = self._services.store
         self._unlogged = None
-        await self._services.pool.run(
-            store.record, line, status, request_id or NO_REQUEST_ID, durable=True
-        )
+        await self._services.pool.run(store.record, line, status, request_id, durable=True)
 
     async def _linger(self) -> None:
         """Close after the last response without losing it to a reset.

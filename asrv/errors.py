@@ -27,8 +27,21 @@ class ExitStatus(enum.IntEnum):
 
 
 class StartupError(Exception):
-    """The server cannot start; the message is the one line to show the operator."""
+    """The server cannot start; the message is the one line to show the operator, and
+    `detail`, when there is one, a second line saying why (`Invalid Port` must stand alone
+    on its line: the course's scripts compare it)."""
 
-    def __init__(self, message: str, status: ExitStatus = ExitStatus.CANNOT_START) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: ExitStatus = ExitStatus.CANNOT_START,
+        *,
+        detail: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
+
+    def lines(self) -> str:
+        """What the command line prints."""
+        return str(self) if self.detail is None else f"{self}\n{self.detail}"

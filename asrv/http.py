@@ -201,16 +201,20 @@ class HeadReader:
 
     def __init__(self, grammar: Grammar = DEFAULT) -> None:
         self.grammar = grammar
-        self._buffer = b""
+        # What was received, and where its unframed part starts: framing a head moves the
+        # start instead of copying the rest (many pipelined requests arrive in one read).
+        self._data = b""
+        self._start = 0
         self._line: RequestLine | None = None  # of the head in progress, once it parsed
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        self._data = self._data[self._start :] + data
+        self._start = 0
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet framed or taken (of the next head, or a body)."""
-        return len(self._buffer)
+        return len(self._data) - self._start
 
     @property
     def line(self) -> RequestLine | None:
@@ -219,56 +223,64 @@ class HeadReader:
 
     def next_event(self) -> Request | HttpError | NeedData:
         max_head = self.grammar.max_head
-        buffer = self._buffer
-        if self._line is None and not self.grammar.course and buffer.startswith(b"\r\n"):
+        data, start = self._data, self._start
+        if self._line is None and not self.grammar.course:
             # RFC 9112 §2.2: ignore empty lines before a request line (some clients send
             # a CRLF after a body). Whole CRLF pairs only: a CR alone may be a split one.
-            while buffer.startswith(b"\r\n"):
-                buffer = buffer[2:]
-            self._buffer = buffer
-        end = buffer.find(HEAD_END, 0, max_head)
+            while data.startswith(b"\r\n", start):
+                start += 2
+            self._start = start
+        end = data.find(HEAD_END, start, start + max_head)
         if end >= 0:
-            self._buffer = buffer[end + len(HEAD_END) :]
+            self._start = end + len(HEAD_END)
             self._line = None
             try:
-                return parse_head(buffer[: end + len(HEAD_END)], self.grammar)
+                return parse_head(data[start : self._start], self.grammar)
             except HttpError as error:
                 return error
         if self._line is None:
-            line_end = buffer.find(b"\r\n", 0, max_head)
+            line_end = data.find(b"\r\n", start, start + max_head)
             if line_end >= 0:
                 # A bad request line is a 400 whatever follows: answer it now.
                 try:
-                    self._line = parse_request_line(buffer[:line_end])
+                    self._line = parse_request_line(data[start:line_end])
                 except HttpError as error:
                     return error
-        if len(buffer) >= max_head:
-            return oversized_head_error(buffer, self.grammar)
+        if len(data) - start >= max_head:
+            return oversized_head_error(data[start : start + max_head], self.grammar)
         return NEED_DATA
 
     def take(self, limit: int) -> bytes:
         """Up to `limit` bytes received past the last head: the start of its body."""
-        data, self._buffer = self._buffer[:limit], self._buffer[limit:]
-        return data
+        chunk = self._data[self._start : self._start + limit]
+        self._start += len(chunk)
+        if self._start == len(self._data):
+            # All taken: keep no reference to what was read (a body's first piece may be
+            # most of a 256 KiB read, held by every connection that stalls after it).
+            self._data, self._start = b"", 0
+        return chunk
 
     def partial_request_id(self) -> str:
         """The Request-Id among the whole, well-formed header lines of the head in progress
         (to log a request whose head never completed, with the id its client sent)."""
-        return _request_id(_partial_fields(self._buffer, self.grammar)) or NO_REQUEST_ID
+        return _loggable(_request_id(_partial_fields(self._pending(), self.grammar)))
+
+    def _pending(self) -> bytes:
+        return self._data[self._start :]
 
     def eof(self) -> HttpError | None:
         """The client closed: None if no byte of a next head had come, else the 400."""
-        return self._incomplete() if self._buffer else None
+        return self._incomplete() if self.buffered else None
 
     def stalled(self, *, first: bool) -> HttpError | None:
         """The client sent nothing for too long. Between requests that is the end of the
         connection (None); on a connection's first request, or mid-head, it is a 400."""
-        if not self._buffer and not first:
+        if not self.buffered and not first:
             return None
         return self._incomplete()
 
     def _incomplete(self) -> HttpError:
-        return incomplete_head_error(self._buffer, self._line, self.grammar)
+        return incomplete_head_error(self._pending(), self._line, self.grammar)
 
 
 def parse_request_line(line: bytes) -> RequestLine:
@@ -283,7 +295,7 @@ def _version_supported(version: str, grammar: Grammar) -> bool:
     return version == "HTTP/1.1" or (version == "HTTP/1.0" and not grammar.course)
 
 
-def oversized_head_error(buffer: bytes, grammar: Grammar = DEFAULT) -> HttpError:
+def oversized_head_error(buffer: bytes, grammar: Grammar) -> HttpError:
     """The error for a head that did not end within the grammar's head limit.
 
     The request line, if it was complete and valid, still decides the precedence (a bad
@@ -304,7 +316,7 @@ def oversized_head_error(buffer: bytes, grammar: Grammar = DEFAULT) -> HttpError
 def incomplete_head_error(
     buffer: bytes,
     line: RequestLine | None,
-    grammar: Grammar = DEFAULT,
+    grammar: Grammar,
     status: Status = Status.BAD_REQUEST,
 ) -> HttpError:
     """The error for a head that never completed (400, or 505 for a bad version); logged
@@ -315,7 +327,7 @@ def incomplete_head_error(
     return HttpError(
         status,
         line,
-        _request_id(fields) or NO_REQUEST_ID,
+        _loggable(_request_id(fields)),
         persistence=_persistence(version, connection, grammar).ending,
     )
 
@@ -341,10 +353,10 @@ def parse_head(head: bytes, grammar: Grammar = DEFAULT) -> Request:
     closing = persistence.ending
     if not _version_supported(line.version, grammar):
         raise HttpError(
-            Status.VERSION_NOT_SUPPORTED, line, request_id or NO_REQUEST_ID, persistence=closing
+            Status.VERSION_NOT_SUPPORTED, line, _loggable(request_id), persistence=closing
         )
     if not well_formed or request_id is None:
-        raise HttpError(Status.BAD_REQUEST, line, request_id or NO_REQUEST_ID, persistence=closing)
+        raise HttpError(Status.BAD_REQUEST, line, _loggable(request_id), persistence=closing)
 
     raw_length = fields.get("content-length")
     if (raw_length is None and line.method == "PUT") or (
@@ -356,14 +368,22 @@ def parse_head(head: bytes, grammar: Grammar = DEFAULT) -> Request:
         # body's end unknown (RFC 9112 §6.3), so the connection cannot go on.
         raise HttpError(Status.BAD_REQUEST, line, request_id, persistence=closing)
     content_length = None if raw_length is None else int(raw_length)
+    expect_continue = (
+        line.version == "HTTP/1.1" and fields.get("expect", "").lower() == "100-continue"
+    )
     method = _METHODS.get(line.method)
     if method is None:
+        # The connection goes on past a 501 only if its body can be skipped: not after a
+        # HEAD, whose response a client reads without a body (the 501's body would become
+        # the start of the next response), nor when the client waits for a 100 before
+        # sending the body (RFC 9110 §10.1.1: answer at once instead).
+        skippable = not grammar.course and not expect_continue and line.method != "HEAD"
         raise HttpError(
             Status.NOT_IMPLEMENTED,
             line,
             request_id,
-            persistence=persistence,
-            body_length=content_length or 0,
+            persistence=persistence if skippable else closing,
+            body_length=(content_length or 0) if skippable else None,
         )
     return Request(
         line=line,
@@ -371,8 +391,7 @@ def parse_head(head: bytes, grammar: Grammar = DEFAULT) -> Request:
         request_id=request_id,
         content_length=content_length,
         # RFC 9110 §10.1.1: an HTTP/1.0 client never gets a 100 (Continue).
-        expect_continue=line.version == "HTTP/1.1"
-        and fields.get("expect", "").lower() == "100-continue",
+        expect_continue=expect_continue,
         persistence=persistence,
     )
 
@@ -404,9 +423,15 @@ def _parse_fields(lines: list[bytes], grammar: Grammar) -> tuple[dict[str, str],
 
 
 def _request_id(fields: dict[str, str]) -> str | None:
-    """The Request-Id to log; None when it cannot be one field of a log line."""
+    """The Request-Id to log, verbatim (empty too); None when it cannot be one field of a
+    log line."""
     value = fields.get("request-id", NO_REQUEST_ID)
     return None if "," in value else value
+
+
+def _loggable(request_id: str | None) -> str:
+    """The id a rejected request is logged with: `0` for one that cannot be logged."""
+    return NO_REQUEST_ID if request_id is None else request_id
 
 
 def _has_token(value: str, token: str) -> bool:

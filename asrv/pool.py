@@ -83,6 +83,8 @@ class WorkerPool:
         # Jobs running a batch that will share a group commit (see `_shares`). A job about
         # to commit waits for them, briefly, so that one flush covers both batches.
         self._sharing = 0
+        # Batches whose results are on their way to the loop: their discards still run.
+        self._undelivered = 0
         self._batch_done = threading.Condition(self._taking)
 
     def start(self, settle: Callable[[], None] = _nothing) -> None:
@@ -127,26 +129,22 @@ class WorkerPool:
                 discard(future.result())
             raise
 
-    async def run_to_end(
-        self,
-        function: Callable[..., T],
-        *args: object,
-        alone: bool = False,
-        discard: Callable[[T], None] | None = None,
-    ) -> T:
-        """`run`, except that a cancelled caller first waits for the operation to end.
+    async def run_to_end(self, function: Callable[..., T], *args: object, alone: bool = False) -> T:
+        """`run`, except that a cancelled caller first waits for the operation to end
+        (however often it is cancelled meanwhile); its result, if any, is dropped.
 
         For operations on a descriptor the caller closes next: by the time a still-queued
         operation ran, the number could name another file.
         """
-        operation = asyncio.ensure_future(self.run(function, *args, alone=alone, discard=discard))
+        operation = asyncio.ensure_future(self.run(function, *args, alone=alone))
         try:
             return await asyncio.shield(operation)
         except asyncio.CancelledError:
-            await asyncio.wait({operation})
-            ended = not operation.cancelled() and operation.exception() is None
-            if ended and discard is not None:
-                discard(operation.result())
+            while not operation.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({operation})
+            if not operation.cancelled():
+                operation.exception()  # retrieved: the cancellation is what goes on
             raise
 
     def release(self, function: Callable[..., object], *args: object) -> None:
@@ -163,8 +161,9 @@ class WorkerPool:
                 self._start_job_if_needed()
 
     async def drained(self) -> None:
-        """Return once no operation is queued or running."""
-        while self._jobs or self._queue:
+        """Return once no operation is queued or running, and every result has been
+        delivered (or discarded, when its caller was cancelled)."""
+        while self._jobs or self._queue or self._undelivered:
             assert self._loop is not None
             self._drained = self._loop.create_future()
             await self._drained
@@ -213,6 +212,7 @@ class WorkerPool:
             finished = batch
             with self._taking:
                 batch = self._next_batch()
+                self._undelivered += 1
             loop.call_soon_threadsafe(self._deliver, finished)  # one wake-up per batch
 
     def _run(self, batch: list[_Operation], sharing: bool) -> None:
@@ -274,6 +274,8 @@ class WorkerPool:
 
     def _deliver(self, batch: list[_Operation]) -> None:
         """On the loop: hand each operation's outcome to its waiter."""
+        with self._taking:
+            self._undelivered -= 1
         for operation in batch:
             future = operation.future
             if future is None:

@@ -7,11 +7,17 @@ debris, all settled here before the server listens:
   whole, so no client was answered for it; cut it off.
 - upload temp files (".asrv_upload_*"): bodies of PUTs that never reached their critical
   step; remove them.
-- committed temp files (".asrv~OFFSET~NAME"): a PUT renamed its upload to this name, with
-  OFFSET the end of its log line, before the line was flushed. If the log holds a whole
-  `PUT,/NAME,...` line ending exactly at OFFSET, the PUT is logged (and may have been
-  acknowledged) but its final rename may not have survived: redo it. Otherwise the line
-  never made it to disk, so the PUT never happened: remove the file.
+- intent files (".asrv~INODE~OFFSET~NAME"): a PUT renamed its upload to this name, with
+  INODE the log's inode number and OFFSET the end of its log line, before the line was
+  flushed. If the log holds the whole line `PUT,/NAME,200|201,...` ending exactly at OFFSET,
+  the PUT is logged (and may have been acknowledged) but its final rename may not have
+  survived: redo it. If the log ends before OFFSET, the line never made it to disk, so the
+  PUT never happened: remove the file.
+
+Recovery never guesses. An intent it cannot verify against this log (the log cannot be read
+back, the intent names another log, or the log holds some other line at its offset) stops
+the start with one line naming it: applying it or deleting it could each contradict the log.
+Names under asrv's prefixes that asrv never makes are left alone and reported.
 
 Every step is idempotent, so a crash during recovery is recovered by the next start.
 """
@@ -23,9 +29,16 @@ import os
 import re
 from dataclasses import dataclass
 
+from asrv.errors import ExitStatus, StartupError
+from asrv.logfile import LogFile
 from asrv.store import COMMIT_PREFIX, UPLOAD_PREFIX
 
-_COMMITTED = re.compile(re.escape(COMMIT_PREFIX) + r"(\d{1,20})~([a-zA-Z0-9.-]{1,63})")
+_OFFSET = r"(0|[1-9][0-9]{0,19})"
+_TARGET = r"(?!\.\.?$)([a-zA-Z0-9.-]{1,63})"  # a name a PUT can write: not "." or ".."
+_INTENT = re.compile(re.escape(COMMIT_PREFIX) + r"([0-9a-f]{1,16}|-)~" + _OFFSET + "~" + _TARGET)
+# Made by asrv 0.1 before intents named their log: verified against the lines alone.
+_UNTAGGED_INTENT = re.compile(re.escape(COMMIT_PREFIX) + _OFFSET + "~" + _TARGET)
+_LOGGED_PUT = re.compile(rb"PUT,/([a-zA-Z0-9.-]{1,63}),20[01],[^,\n]*\n")
 _TAIL = 4096
 """Bytes read from the end of the log to find its last newline (a line is far shorter)."""
 
@@ -35,10 +48,11 @@ class RecoveryReport:
     cut_bytes: int = 0
     redone: int = 0
     removed: int = 0
-    unverifiable: int = 0
+    strays: tuple[str, ...] = ()
+    """Files under asrv's prefixes that asrv never makes: left alone."""
 
     def __bool__(self) -> bool:
-        return any((self.cut_bytes, self.redone, self.removed, self.unverifiable))
+        return any((self.cut_bytes, self.redone, self.removed, self.strays))
 
     def describe(self) -> str:
         parts = [
@@ -46,78 +60,96 @@ class RecoveryReport:
             f"redid {self.redone} logged PUTs",
             f"removed {self.removed} temp files",
         ]
-        if self.unverifiable:
-            parts.append(f"left {self.unverifiable} committed temp files (log is not a file)")
+        if self.strays:
+            parts.append(f"left {len(self.strays)} unknown files ({', '.join(self.strays)})")
         return "recovered: " + ", ".join(parts)
 
 
-def recover(root_fd: int, log_fd: int | None) -> RecoveryReport:
-    """Settle a crash's debris in the root; `log_fd` is the audit log opened O_RDWR, or None
-    when the log is not a file asrv opened (then committed temps cannot be checked)."""
-    cut = _cut_incomplete_line(log_fd) if log_fd is not None else 0
-    log_size = os.fstat(log_fd).st_size if log_fd is not None else 0
+def _refuse(message: str) -> StartupError:
+    return StartupError(f"asrv: cannot recover: {message}", ExitStatus.RECOVERY_FAILED)
+
+
+def recover(root_fd: int, log: LogFile) -> RecoveryReport:
+    """Settle a crash's debris in the root against `log`; StartupError if it cannot."""
+    cut = _cut_incomplete_line(log)
+    size = log.size_now()
     redo: list[tuple[int, str, str]] = []
-    removed = unverifiable = 0
-    for name in os.listdir(root_fd):
+    remove: list[str] = []
+    strays: list[str] = []
+    for name in sorted(os.listdir(root_fd)):
         if name.startswith(UPLOAD_PREFIX):
-            _unlink(name, root_fd)
-            removed += 1
+            remove.append(name)
             continue
-        match = _COMMITTED.fullmatch(name)
-        if match is None:
+        if not name.startswith(COMMIT_PREFIX):
             continue
-        offset, target = int(match[1]), match[2]
-        if log_fd is None:
-            unverifiable += 1
-        elif offset <= log_size and _line_ending_at(log_fd, offset).startswith(
-            f"PUT,/{target},".encode()
-        ):
-            redo.append((offset, name, target))
+        match = _INTENT.fullmatch(name)
+        untagged = _UNTAGGED_INTENT.fullmatch(name) if match is None else None
+        if match is not None:
+            tag, offset, target = match[1], int(match[2]), match[3]
+        elif untagged is not None:
+            tag, offset, target = log.tag, int(untagged[1]), untagged[2]
         else:
-            _unlink(name, root_fd)
-            removed += 1
-    if redo and log_fd is not None:
+            strays.append(name)
+            continue
+        if log.readback_fd is None:
+            raise _refuse(f"{name} needs the audit log, and {log.name} cannot be read back")
+        if tag != log.tag:
+            raise _refuse(f"{name} refers to another audit log than {log.name}")
+        if offset > size:
+            remove.append(name)  # its line never reached the log: the PUT never happened
+            continue
+        logged = _LOGGED_PUT.fullmatch(_line_ending_at(log.readback_fd, offset))
+        if logged is None or logged[1].decode() != target:
+            raise _refuse(f"{name} does not match line ending at byte {offset} of {log.name}")
+        redo.append((offset, name, target))
+    if redo:
+        assert log.readback_fd is not None
         # A line found in the log may still be only in the page cache (the crash came
         # between its write and its fdatasync): make it durable before the PUT it logs
         # takes effect, or a power cut could keep the effect and lose the line.
-        os.fsync(log_fd)
+        os.fsync(log.readback_fd)
+    for name in remove:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=root_fd)
     # Oldest first: if a file has several, the one logged last must end up in place.
     for _, name, target in sorted(redo):
-        os.rename(name, target, src_dir_fd=root_fd, dst_dir_fd=root_fd)
-    if redo or removed:
+        try:
+            os.rename(name, target, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+        except OSError as error:
+            raise _refuse(
+                f"cannot redo the logged PUT of {target} ({name}): {error.strerror}"
+            ) from None
+    if redo or remove:
         os.fsync(root_fd)
-    return RecoveryReport(cut, len(redo), removed, unverifiable)
+    return RecoveryReport(cut, len(redo), len(remove), tuple(strays))
 
 
-def _cut_incomplete_line(log_fd: int) -> int:
-    size = os.fstat(log_fd).st_size
-    if size == 0:
+def _cut_incomplete_line(log: LogFile) -> int:
+    fd = log.readback_fd
+    if fd is None:
         return 0
+    size = os.fstat(fd).st_size
     end = size
+    keep = 0
     while end > 0:
         start = max(0, end - _TAIL)
-        newline = os.pread(log_fd, end - start, start).rfind(b"\n")
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
         if newline >= 0:
             keep = start + newline + 1
             break
         end = start
-    else:
-        keep = 0
     if keep < size:
-        os.ftruncate(log_fd, keep)
-        os.fsync(log_fd)
+        if not log.writable_readback:
+            raise _refuse(f"{log.name} ends in an incomplete line, and asrv may not cut it off")
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
     return size - keep
 
 
-def _line_ending_at(log_fd: int, offset: int) -> bytes:
+def _line_ending_at(fd: int, offset: int) -> bytes:
     """The whole line whose newline is the byte just before `offset`, or b"" if none is."""
     start = max(0, offset - _TAIL)
-    data = os.pread(log_fd, offset - start, start)
+    data = os.pread(fd, offset - start, start)
     if not data.endswith(b"\n"):
         return b""
     return data[data.rfind(b"\n", 0, len(data) - 1) + 1 :]
-
-
-def _unlink(name: str, root_fd: int) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name, dir_fd=root_fd)

@@ -14,16 +14,17 @@ import errno
 import fcntl
 import os
 import socket
-import stat
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from asrv.auditlog import AuditLog
+from asrv.budget import ReadBudget
 from asrv.channel import Channel
 from asrv.config import Config
 from asrv.connection import Connection, Services
 from asrv.errors import ExitStatus, FatalError, StartupError
 from asrv.locks import LockTable
+from asrv.logfile import LogFile
 from asrv.pool import WorkerPool
 from asrv.recovery import RecoveryReport, recover
 from asrv.store import Store
@@ -51,6 +52,7 @@ class Server:
         # keeps the socket, and the connections in its backlog, for shutdown to accept.
         self._backlog: socket.socket | None = None
         self._admitting = True  # false once shutdown has served every connection it owes
+        self._budget = ReadBudget()
         self._connections: dict[Connection, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
@@ -105,10 +107,11 @@ class Server:
             _listen(sock)
             self._backlog = sock.dup()
             self._resources.callback(self._close_backlog)
-            self._services = Services(self.config, self._pool, store, self._fail, self._stopped)
-            timeout = self.config.timeout
+            self._services = Services(
+                self.config, self._pool, store, self._budget, self._fail, self._stopped
+            )
             self._listener = await asyncio.get_running_loop().create_server(
-                lambda: Channel(timeout, self._on_open), sock=sock, backlog=BACKLOG
+                self._new_channel, sock=sock, backlog=BACKLOG
             )
         except BaseException:
             self._resources.close()
@@ -127,35 +130,23 @@ class Server:
         except OSError:
             raise StartupError(f"asrv: root {config.root} is served by another asrv") from None
 
-        if config.log_is_stderr:
-            log_fd = 2
-        else:
-            # Readable too: recovery reads the log's tail to match temp files to lines.
-            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-            try:
-                log_fd = os.open(config.log, flags, 0o644)
-            except OSError as error:
-                raise StartupError(
-                    f"asrv: cannot open log {config.log}: {error.strerror}", ExitStatus.LOG_UNUSABLE
-                ) from None
-            self._resources.callback(os.close, log_fd)
+        log_file = LogFile.open(config)
+        self._resources.callback(log_file.close)
         try:
-            self.recovery = recover(root_fd, None if config.log_is_stderr else log_fd)
+            self.recovery = recover(root_fd, log_file)
         except OSError as error:
             raise StartupError(
                 f"asrv: cannot recover {config.root}: {error}", ExitStatus.RECOVERY_FAILED
             ) from None
-        info = os.fstat(log_fd)
-        is_file = stat.S_ISREG(info.st_mode)
         # A pipe or a terminal cannot be fsync'd: there, lines are only written in order.
         log = AuditLog(
-            log_fd,
-            sync_data=config.fsync and is_file,
+            log_file.fd,
+            sync_data=config.fsync and log_file.is_file,
             dir_fd=root_fd,
-            base_offset=info.st_size if is_file else 0,
+            base_offset=log_file.size_now(),
         )
         self._log = log
-        self._log_fd = log_fd if is_file else -1
+        self._log_fd = log_file.fd if log_file.is_file else -1
         try:
             sink_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         except OSError as error:
@@ -167,7 +158,8 @@ class Server:
             LockTable(),
             sync_data=config.fsync,
             sink_fd=sink_fd,
-            protected=(info.st_dev, info.st_ino) if is_file else None,
+            protected=log_file.identity,
+            log_tag=log_file.tag,
         )
         self._pool.start(settle=lambda: log.sync(log.last_seq))
         self._resources.callback(self._pool.shutdown)
@@ -195,19 +187,22 @@ class Server:
         await self._accept_backlog()
         # Every connection finishes the requests whose bytes have reached the server, then
         # closes; one with no byte of a request, in its buffer or the kernel's, is idle and
-        # closes now. What is still running after `timeout` seconds is cut short (and
-        # logged as the 400 it became). Connections the loop had accepted but not yet
-        # opened may join while this waits: they are waited for too.
+        # closes now, once the end of its last response is sent. What is still running
+        # after `timeout` seconds is cut short (and logged as the 400 it became).
+        # Connections the loop had accepted but not yet opened may join while this waits:
+        # they are waited for too.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.timeout
         while self._connections:
-            for connection, task in list(self._connections.items()):
+            for connection in list(self._connections):
                 if connection.idle:
-                    task.cancel()
+                    connection.close_idle()
             tasks = list(self._connections.values())
             _, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
-            for task in late:
-                task.cancel()
+            for connection, task in list(self._connections.items()):
+                if task in late:
+                    connection.abort()  # given up: what it still had to send is dropped
+                    task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         self._admitting = False
         log = self._log
@@ -227,6 +222,9 @@ class Server:
         if self._failure is not None:
             # The log failed while shutting down: this was no clean stop.
             raise self._failure
+        if log is not None and log.failure is not None:
+            # Failed where nobody was left to report it (its waiter was cancelled).
+            raise log.failure
 
     async def _accept_backlog(self) -> None:
         """Serve the connections still waiting in the listen backlog: their clients
@@ -235,7 +233,6 @@ class Server:
         if backlog is None:
             return
         loop = asyncio.get_running_loop()
-        timeout = self.config.timeout
         try:
             # Bounded: connections that keep arriving meanwhile must not hold shutdown up.
             for _ in range(BACKLOG):
@@ -244,9 +241,7 @@ class Server:
                 except OSError:  # empty (EAGAIN), or out of descriptors: nothing more to do
                     break
                 try:
-                    await loop.connect_accepted_socket(
-                        lambda: Channel(timeout, self._on_open), accepted
-                    )
+                    await loop.connect_accepted_socket(self._new_channel, accepted)
                 except OSError:
                     accepted.close()
         finally:
@@ -268,6 +263,9 @@ class Server:
             connection.abort()
         self._stopped.set()
 
+    def _new_channel(self) -> Channel:
+        return Channel(self.config.timeout, self._on_open, self._budget)
+
     def _on_open(self, channel: Channel) -> None:
         # Connections opened after shutdown began (from the backlog, or accepted by the
         # loop just before) are still served; only a failed or finished server refuses.
@@ -285,8 +283,8 @@ class Server:
 
         def forget(task: asyncio.Task[None]) -> None:
             del self._connections[connection]
-            if task.cancelled():
-                # Cancelled before it ran (idle at shutdown), its own clean-up never ran.
+            if not connection.started:
+                # Cancelled before it ran (cut short at shutdown): it closed nothing itself.
                 channel.abort()
 
         task.add_done_callback(forget)
@@ -341,7 +339,7 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as error:
         sock.close()
         if error.errno in (errno.EADDRINUSE, errno.EACCES):
-            raise StartupError("Invalid Port") from None
+            raise StartupError("Invalid Port", detail=_why_not(port, error)) from None
         raise StartupError(f"asrv: cannot listen on {host}: {error.strerror}") from None
     sock.setblocking(False)
     return sock
@@ -352,5 +350,12 @@ def _listen(sock: socket.socket) -> None:
         sock.listen(BACKLOG)
     except OSError as error:  # another socket took this port between bind and listen
         if error.errno == errno.EADDRINUSE:
-            raise StartupError("Invalid Port") from None
+            port = sock.getsockname()[1]
+            raise StartupError("Invalid Port", detail=_why_not(port, error)) from None
         raise StartupError(f"asrv: cannot listen: {error.strerror}") from None
+
+
+def _why_not(port: int, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return f"asrv: port {port} is in use"
+    return f"asrv: port {port} needs privileges asrv does not have ({error.strerror})"

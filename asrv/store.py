@@ -7,9 +7,9 @@ the order of log lines is the order of effects. Everything slow that does not ne
 
 Files are only ever reached by name relative to the root's directory descriptor with
 O_NOFOLLOW: no path walking, no symlinks followed. Uploads go to a temp file whose name
-contains "_" and which no URI can spell; a PUT commits by renaming it, first to a name that
-carries its log line's end offset (".asrv~OFFSET~NAME", so recovery can tell whether the
-line made it to disk), then over the target.
+contains "_" and which no URI can spell; a PUT commits by renaming it, first to an intent
+name that carries its log line's end offset and the log's tag (".asrv~TAG~OFFSET~NAME", so
+recovery can tell whether the line made it to disk, and in which log), then over the target.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def log_entry(line: RequestLine, status: Status, request_id: str) -> bytes:
     return f"{line.method},{line.uri},{int(status)},{request_id}\n".encode("ascii")
 
 
-def commit_name(end_offset: int, filename: str) -> str:
-    return f"{COMMIT_PREFIX}{end_offset}~{filename}"
+def commit_name(log_tag: str, end_offset: int, filename: str) -> str:
+    return f"{COMMIT_PREFIX}{log_tag}~{end_offset}~{filename}"
 
 
 class Store:
@@ -93,9 +93,12 @@ class Store:
         sync_data: bool,
         sink_fd: int,
         protected: FileIdentity | None = None,
+        log_tag: str = "-",
     ) -> None:
-        """`sink_fd` is open for writing on /dev/null: `warm` reads files into it."""
+        """`sink_fd` is open for writing on /dev/null: `warm` reads files into it.
+        `log_tag` names the log in intent names (`LogFile.tag`)."""
         self._root = root_fd
+        self._log_tag = log_tag
         self._sink = sink_fd
         self.log = log
         self._locks = locks
@@ -197,7 +200,7 @@ class Store:
     ) -> tuple[Status, int]:
         """Under the write lock: log the PUT write-ahead, then swap its content in."""
         reservation = self.log.reserve(log_entry(line, status, request_id))
-        committed = commit_name(reservation.end_offset, line.filename)
+        committed = commit_name(self._log_tag, reservation.end_offset, line.filename)
         try:
             os.rename(staged, committed, src_dir_fd=self._root, dst_dir_fd=self._root)
         except OSError:

@@ -1,66 +1,138 @@
-"""`UploadWriter`: a large PUT body, streamed into a temp file in the root as it arrives.
+"""`UploadBody`: a PUT body on its way to the store, from the bytes of the connection.
 
-The body is written through the pool in pieces of `CHUNK` bytes while the connection reads
-it, holding no URI lock: other requests for the same file go on meanwhile. The writer owns
-the upload's descriptor and temp file until it hands them to the store's commit or abandons
-them. Every write runs to its end even when the connection is cancelled, so an abandon
-never closes a descriptor that a queued write would then use under a reused number.
+A small body is gathered in memory and stored in one pool operation with its commit. A
+large one is streamed into a temp file in the root as it arrives, in pieces of `CHUNK`
+bytes, holding no URI lock: other requests for the same file go on meanwhile.
+
+Whatever a body holds in memory counts against the server's `ReadBudget`. When the budget
+runs out, every body that holds bytes writes them to its temp file at once, even a small
+body, and even one whose client has gone quiet: otherwise slow uploaders could hold the
+whole budget between them, and with it stop every connection from reading.
+
+The body owns its temp file and descriptor until it hands them to the store's commit or
+abandons them. Every write runs to its end even when the connection is cancelled, so an
+abandon never closes a descriptor that a queued write would then use under a reused number.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+from asrv.budget import ReadBudget
 from asrv.http import RequestLine
 from asrv.pool import WorkerPool
 from asrv.store import PutResult, Store, Upload
 
 CHUNK = 256 * 1024
-"""Body bytes gathered before one write: the per-connection memory bound of an upload."""
+"""Body bytes gathered before one write to the temp file."""
+SMALL_BODY = CHUNK
+"""Bodies up to this size are kept in memory (budget permitting) and stored in one step."""
 
 
-class UploadWriter:
-    def __init__(self, pool: WorkerPool, store: Store, upload: Upload, length: int) -> None:
+class UploadBody:
+    def __init__(self, pool: WorkerPool, store: Store, budget: ReadBudget, length: int) -> None:
         self._pool = pool
         self._store = store
-        self._upload: Upload | None = upload
+        self._budget = budget
         self._length = length
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._parts: list[bytes] = []
+        self._held = 0  # bytes in _parts, counted in the budget
+        self._received = 0
+        self._upload: Upload | None = None
+        # Writes, and the temp file's creation, happen one at a time: the connection's
+        # own, and those the budget asks for while the connection waits for its client.
+        self._writing = asyncio.Lock()
+        self._spilling: asyncio.Task[None] | None = None
+        self._failure: OSError | None = None
+        budget.join(self, self._spill_soon, _nothing)
 
-    @classmethod
-    async def open(cls, pool: WorkerPool, store: Store, length: int) -> UploadWriter:
-        """A writer on a new temp file; OSError if it cannot be created."""
-        upload = await pool.run(store.new_upload, discard=store.abandon)
-        return cls(pool, store, upload, length)
-
-    async def write(self, data: bytes) -> None:
+    async def add(self, data: bytes) -> None:
         """Take the next piece of the body; OSError if it cannot be stored."""
-        self._pending.append(data)
-        self._pending_size += len(data)
-        upload = self._owned()
-        if self._pending_size >= CHUNK or upload.size + self._pending_size == self._length:
-            chunk = b"".join(self._pending)
-            self._pending.clear()
-            self._pending_size = 0
-            await self._pool.run_to_end(self._store.write_upload, upload, chunk)
+        self._raise_failure()
+        self._parts.append(data)
+        self._held += len(data)
+        self._received += len(data)
+        self._budget.take(len(data))
+        if self._upload is None and self._received <= SMALL_BODY and not self._budget.exhausted:
+            return
+        if self._held >= CHUNK or self._received == self._length or self._budget.exhausted:
+            async with self._writing:
+                await self._write_held()
+        self._raise_failure()
 
     async def commit(self, line: RequestLine, request_id: str) -> PutResult:
-        """The PUT's critical step, with the whole body written; the store owns the upload
-        from here on, whatever happens."""
-        upload = self._owned()
-        self._upload = None
-        return await self._pool.run(
-            self._store.put, line, request_id, upload, durable=True, alone=True
-        )
+        """The PUT's critical step, with the whole body received; the store owns the temp
+        file from here on, whatever happens. OSError if the body could not be stored."""
+        async with self._writing:
+            self._raise_failure()
+            self._budget.leave(self)
+            if self._upload is not None and self._held:
+                await self._write_held()
+            upload, self._upload = self._upload, None
+            if upload is None:
+                body = self._take_held()
+                return await self._pool.run(
+                    self._store.put_body, line, request_id, body, durable=True, alone=True
+                )
+            return await self._pool.run(
+                self._store.put, line, request_id, upload, durable=True, alone=True
+            )
 
     async def abandon(self) -> None:
-        """Remove the temp file: the body was cut short, failed, or its request cancelled.
-        Runs to its end even if the caller is cancelled meanwhile."""
+        """Drop the body: it was cut short, failed, or its request cancelled. Removing the
+        temp file runs to its end even if the caller is cancelled meanwhile."""
+        self._budget.leave(self)
+        spilling = self._spilling
+        if spilling is not None:
+            # Its write must end before the descriptor closes (its errors no longer matter).
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(spilling)
+        self._take_held()
         upload, self._upload = self._upload, None
         if upload is not None:
             await asyncio.shield(self._pool.run(self._store.abandon, upload))
 
-    def _owned(self) -> Upload:
-        assert self._upload is not None, "upload already committed or abandoned"
-        return self._upload
+    def _spill_soon(self) -> None:
+        """The budget ran out: write what this body holds, without waiting for more."""
+        if self._held and (self._spilling is None or self._spilling.done()):
+            self._spilling = asyncio.ensure_future(self._spill())
+
+    async def _spill(self) -> None:
+        async with self._writing:
+            if self._upload is not None or self._held:
+                try:
+                    await self._write_held()
+                except OSError as error:
+                    self._failure = error
+
+    async def _write_held(self) -> None:
+        """Holding `_writing`: write what is held to the temp file, made on first use."""
+        if self._upload is None:
+            self._upload = await self._pool.run(self._store.new_upload, discard=self._store.abandon)
+        held = self._held
+        data = self._take_held(counted=True)
+        try:
+            if data:
+                await self._pool.run_to_end(self._store.write_upload, self._upload, data)
+        finally:
+            # Counted until written: a write waiting for a worker still holds its bytes.
+            self._budget.give(held)
+
+    def _take_held(self, *, counted: bool = False) -> bytes:
+        """What is held in memory, handed over; no longer counted unless `counted` (the
+        caller then gives it back to the budget itself)."""
+        data = b"".join(self._parts)
+        self._parts.clear()
+        if not counted:
+            self._budget.give(self._held)
+        self._held = 0
+        return data
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+
+def _nothing() -> None:
+    pass

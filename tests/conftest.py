@@ -138,15 +138,16 @@ def split_response(data: bytes) -> tuple[int, bytes]:
 
 
 class _Drain:
-    """Reads a child's pipe to the end in a thread, so a chatty child never blocks on it."""
+    """Reads a child's pipe to the end in a thread, so a chatty child never blocks on it
+    (nothing to read when the stream is not a pipe of ours)."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes] | None) -> None:
         self._chunks: list[bytes] = []
         self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
         self._thread.start()
 
-    def _run(self, stream: IO[bytes]) -> None:
-        while chunk := stream.read1(65536):
+    def _run(self, stream: IO[bytes] | None) -> None:
+        while stream is not None and (chunk := stream.read1(65536)):
             self._chunks.append(chunk)
 
     def text(self, timeout: float = 30) -> str:
@@ -209,7 +210,10 @@ def spawn_server(site: Site) -> Iterator[Callable[..., Process]]:
         parser.set_defaults(port=None)
         if parser.parse_args(list(args)).port is None:
             argv.append("0")
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+        # Standard streams are pipes unless the caller gives one (say, the log's file as
+        # standard error, as in `python -m asrv -l - 2>>audit.log`).
+        streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE} | popen
+        process = subprocess.Popen(argv, **streams)
         started.append(process)
         stream = process.stderr if diagnostics == "stderr" else process.stdout
         assert stream is not None
@@ -218,7 +222,6 @@ def spawn_server(site: Site) -> Iterator[Callable[..., Process]]:
             seen.append(stream.readline().decode())
             match = re.search(r"listening on http://[^ ]+:(\d+) ", seen[-1])
             if match is not None:
-                assert process.stdout is not None and process.stderr is not None
                 return Process(
                     process,
                     int(match[1]),

@@ -12,30 +12,18 @@ from tests.conftest import HOST, ServerFactory, Site, exchange, response
 pytestmark = pytest.mark.asyncio
 
 
-async def send_and_read(port: int, data: bytes, *, shutdown: bool = False) -> bytes:
-    """Send `data` on a new connection; everything until the server closes it."""
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        if shutdown:
-            writer.write_eof()
-        return await asyncio.wait_for(reader.read(), 20)
-    finally:
-        writer.close()
-
-
 async def test_pipelined_requests_are_answered_in_order(
     site: Site, running_server: ServerFactory
 ) -> None:
     (site.root / "a").write_bytes(b"A")
     async with running_server() as server:
-        answer = await send_and_read(
+        answer = await exchange(
             server.port,
             b"GET /a HTTP/1.1\r\nRequest-Id: 1\r\n\r\n"
             b"PUT /a HTTP/1.1\r\nContent-Length: 3\r\nRequest-Id: 2\r\n\r\nnew"
             b"GET /missing HTTP/1.1\r\nRequest-Id: 3\r\n\r\n"
             b"GET /a HTTP/1.1\r\nRequest-Id: 4\r\nConnection: close\r\n\r\n",
+            shutdown=False,
         )
     assert answer == (
         response(200, "OK", b"A")
@@ -76,7 +64,7 @@ async def test_idle_connection_is_closed_after_timeout(
     (site.root / "a").write_bytes(b"A")
     async with running_server(timeout=0.5) as server:
         # No half-close: the server ends the connection once it has idled out, saying nothing.
-        answer = await send_and_read(server.port, b"GET /a HTTP/1.1\r\n\r\n")
+        answer = await exchange(server.port, b"GET /a HTTP/1.1\r\n\r\n", shutdown=False)
     assert answer == response(200, "OK", b"A")
     assert site.log_lines() == ["GET,/a,200,0"]
 
@@ -105,8 +93,10 @@ async def test_an_error_that_loses_the_framing_ends_the_connection(
     # The course diffs these responses byte for byte: no `Connection: close` unless asked.
     (site.root / "a").write_bytes(b"A")
     async with running_server(max_body=10) as server:
-        received = await send_and_read(
-            server.port, b"GET /a HTTP/1.1\r\n\r\n" + second + b"GET /a HTTP/1.1\r\n\r\n"
+        received = await exchange(
+            server.port,
+            b"GET /a HTTP/1.1\r\n\r\n" + second + b"GET /a HTTP/1.1\r\n\r\n",
+            shutdown=False,
         )
     assert received == response(200, "OK", b"A") + answer
     assert site.log_lines() == ["GET,/a,200,0", line]
@@ -117,7 +107,7 @@ async def test_bodies_of_unimplemented_methods_and_gets_are_skipped(
 ) -> None:
     (site.root / "a").write_bytes(b"A")
     async with running_server() as server:
-        received = await send_and_read(
+        received = await exchange(
             server.port,
             b"POST /a HTTP/1.1\r\nContent-Length: 19\r\nRequest-Id: 1\r\n\r\n"
             b"GET /a HTTP/1.1\r\n\r\n"
@@ -135,13 +125,16 @@ async def test_http_1_0(site: Site, running_server: ServerFactory) -> None:
     (site.root / "a").write_bytes(b"A")
     async with running_server() as server:
         # One request per connection, and the response says the connection closes.
-        one = await send_and_read(server.port, b"GET /a HTTP/1.0\r\n\r\nGET /a HTTP/1.0\r\n\r\n")
+        one = await exchange(
+            server.port, b"GET /a HTTP/1.0\r\n\r\nGET /a HTTP/1.0\r\n\r\n", shutdown=False
+        )
         # Unless it asks to keep the connection.
-        kept = await send_and_read(
+        kept = await exchange(
             server.port,
             b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
             b"PUT /b HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nb"
             b"GET /b HTTP/1.0\r\n\r\n",
+            shutdown=False,
         )
     assert one == response(200, "OK", b"A", close=True)
     keep_alive = b"Content-Length: 1\r\nConnection: keep-alive\r\n"
@@ -159,11 +152,13 @@ async def test_course_mode_serves_one_request_and_ignores_the_rest(
     (site.root / "a").write_bytes(b"A")
     async with running_server(course=True, timeout=1) as server:
         # Whatever follows the first request is read and ignored until the client closes.
-        pipelined = await send_and_read(
-            server.port, b"GET /a HTTP/1.1\r\n\r\nPUT /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"
+        pipelined = await exchange(
+            server.port,
+            b"GET /a HTTP/1.1\r\n\r\nPUT /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+            shutdown=False,
         )
         # Nor does the client need to close: the server does, after the timeout.
-        kept = await send_and_read(server.port, b"GET /a HTTP/1.1\r\n\r\n")
+        kept = await exchange(server.port, b"GET /a HTTP/1.1\r\n\r\n", shutdown=False)
         version = await exchange(server.port, b"GET /a HTTP/1.0\r\n\r\n")
         head = await exchange(server.port, b"HEAD /a HTTP/1.1\r\n\r\n")
         long_value = await exchange(
@@ -223,38 +218,23 @@ async def test_browser_sized_heads_are_served_by_default(
 # --- shutdown ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("same_turn", [False, True], ids=["read-first", "same-loop-turn"])
 async def test_shutdown_finishes_the_request_in_flight(
-    site: Site, running_server: ServerFactory
+    site: Site, running_server: ServerFactory, same_turn: bool
 ) -> None:
+    # A PUT head and half its body are sent; then the server shuts down: after the loop
+    # has read them, or in the same loop turn, before it has accepted or read anything.
     async with running_server(timeout=10) as server:
         reader, writer = await asyncio.open_connection(HOST, server.port)
-        writer.write(b"PUT /f HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc")
-        await writer.drain()
-        await asyncio.sleep(0.2)
+        writer.write(b"PUT /f HTTP/1.1\r\nContent-Length: 6\r\nRequest-Id: 1\r\n\r\nabc")
+        if not same_turn:
+            await writer.drain()
+            await asyncio.sleep(0.2)
         closing = asyncio.ensure_future(server.close())
         await asyncio.sleep(0.2)
         writer.write(b"def")
         await writer.drain()
         # The request in flight is finished, then the connection ends: no next request.
-        assert await asyncio.wait_for(reader.read(), 10) == response(201, "Created")
-        writer.close()
-        await asyncio.wait_for(closing, 5)
-    assert (site.root / "f").read_bytes() == b"abcdef"
-    assert site.log_lines() == ["PUT,/f,201,0"]
-
-
-async def test_shutdown_in_the_same_loop_turn_serves_what_was_sent(
-    site: Site, running_server: ServerFactory
-) -> None:
-    # The client connects and sends a PUT head and half its body; the application closes
-    # the server in the same loop turn, before the loop has accepted or read anything.
-    async with running_server(timeout=10) as server:
-        reader, writer = await asyncio.open_connection(HOST, server.port)
-        writer.write(b"PUT /f HTTP/1.1\r\nContent-Length: 6\r\nRequest-Id: 1\r\n\r\nabc")
-        closing = asyncio.ensure_future(server.close())
-        await asyncio.sleep(0.2)
-        writer.write(b"def")
-        await writer.drain()
         assert await asyncio.wait_for(reader.read(), 10) == response(201, "Created")
         writer.close()
         await asyncio.wait_for(closing, 10)

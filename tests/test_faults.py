@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -387,6 +388,30 @@ def test_log_fsync_failure_at_shutdown_is_fatal(
     assert stderr[:1] == ["asrv: stopped: audit log: cannot make it durable: Input/output error"]
     assert site.log_lines() == ["PUT,/a,201,1", "GET,/a,200,2"]
     assert len(stderr) == 1, stderr
+
+
+def test_log_failure_logging_a_request_cut_short_by_shutdown_is_fatal(
+    site: Site, traced_server: Callable[..., Traced]
+) -> None:
+    """A client trickles a head past the shutdown's grace: its request is cut short and
+    logged as a 400. If that line cannot be synced, the stop is not clean (exit 3), and
+    nothing was acknowledged that the log lacks."""
+    options = ["-e", "trace=fdatasync", "-e", "inject=fdatasync:error=EIO", "-P", str(site.log)]
+    server = traced_server(options, "--timeout", "1", "--head-timeout", "60")
+    with socket.create_connection((HOST, server.port)) as client:
+        client.sendall(b"GET /a HTTP/1.1\r\nRequest-Id: 7\r\nX: ")
+        time.sleep(0.3)
+        server.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while server.strace.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                client.sendall(b"x")  # a byte every 0.2 s: never idle for the 1 s timeout
+            time.sleep(0.2)
+        client.settimeout(10)
+        with contextlib.suppress(OSError):
+            assert client.recv(65536) == b""  # no response: its line never became durable
+    assert server.wait(10) == ExitStatus.FATAL
+    assert server.stderr_after_start() == [STOPPED + "Input/output error"]
 
 
 def test_upload_write_error_fails_that_put_alone(

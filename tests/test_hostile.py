@@ -216,6 +216,54 @@ def test_thousand_idle_connections_cost_little_memory(
     assert server.stop() == 0
 
 
+def test_memory_is_bounded_across_the_server_not_per_connection(
+    site: Site, spawn_server: Callable[..., Process]
+) -> None:
+    """2,000 uploaders each send 200 KiB of a larger body and stall. Each connection may
+    hold a body in memory, but the server as a whole holds one bounded budget: past it,
+    bodies go to their temp files and reading waits (SPEC §5.1)."""
+    (site.root / "a").write_bytes(b"A")
+    server = spawn_server("-t", "4")
+    uploaders = 2000
+    piece = b"x" * (200 * 1024)
+
+    async def flood() -> None:
+        writers: list[asyncio.StreamWriter] = []
+
+        async def upload(n: int) -> None:
+            _, writer = await asyncio.open_connection(HOST, server.port)
+            writer.write(b"PUT /u%d HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n" % n + piece)
+            await writer.drain()
+            writers.append(writer)
+
+        await asyncio.wait_for(asyncio.gather(*(upload(n) for n in range(uploaders))), 60)
+        # Every body has reached the server and is held somewhere: wait until the server
+        # has taken them all in (each has its temp file), or the time is up.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if (
+                sum(1 for p in site.root.iterdir() if p.name.startswith(".asrv_upload_"))
+                == uploaders
+            ):
+                break
+            await asyncio.sleep(0.2)
+        # The stalled uploaders hold the server up for nobody else.
+        answer = await asyncio.wait_for(get(server.port, "a"), 10)
+        assert answer == response(200, "OK", b"A")
+        for writer in writers:
+            writer.close()
+
+    asyncio.run(flood())
+    peak = server.peak_rss_kib()
+    print(f"peak RSS with {uploaders} stalled uploaders of 200 KiB each: {peak} KiB")
+    assert peak < 200 * 1024
+    assert server.stop() == 0
+    # Each cut-short PUT is logged as the 400 it became, and leaves no temp file.
+    cut_short = [f"PUT,/u{n},400,0" for n in range(uploaders)]
+    assert sorted(site.log_lines()) == sorted([*cut_short, "GET,/a,200,0"])
+    assert [p.name for p in site.root.iterdir()] == ["a"]
+
+
 def test_one_gib_put_and_get_in_bounded_memory(
     site: Site, spawn_server: Callable[..., Process]
 ) -> None:
@@ -232,7 +280,7 @@ def test_one_gib_put_and_get_in_bounded_memory(
 
     def download() -> tuple[bytes, int]:
         with socket.create_connection((HOST, server.port), timeout=120) as sock:
-            sock.sendall(b"GET /huge HTTP/1.1\r\n\r\n")
+            sock.sendall(b"GET /huge HTTP/1.1\r\nConnection: close\r\n\r\n")
             head = b""
             while b"\r\n\r\n" not in head:
                 head += sock.recv(4096)
@@ -244,7 +292,7 @@ def test_one_gib_put_and_get_in_bounded_memory(
 
     assert upload() == response(201, "Created")
     head, total = download()
-    assert head == f"HTTP/1.1 200 OK\r\nContent-Length: {size}".encode()
+    assert head == f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close".encode()
     assert total == size
     peak = server.peak_rss_kib()
     print(f"peak RSS over a 1 GiB PUT and GET: {peak} KiB")

@@ -184,8 +184,9 @@ def test_the_default_grammar_is_the_default() -> None:
     data = head("GET /a HTTP/1.0", "X: " + "y" * 200)
     assert parse_head(data) == parse_head(data, DEFAULT)
     assert HeadReader().grammar == DEFAULT
-    assert oversized_head_error(b"G" * 3000).line is None  # 3000 < 8192: not the course limit
-    assert incomplete_head_error(b"GET /a HTTP/1.1\r\nRequest-Id:9\r\n", None).request_id == "9"
+    assert oversized_head_error(b"G" * 3000, DEFAULT).line is None
+    partial = b"GET /a HTTP/1.1\r\nRequest-Id:9\r\n"
+    assert incomplete_head_error(partial, None, DEFAULT).request_id == "9"
 
 
 # --- request line grammar: method SP uri SP version ----------------------------------------
@@ -1077,15 +1078,40 @@ def test_errors_echo_only_a_close(
 def test_501_carries_its_body_length(
     grammar: Grammar, headers: tuple[str, ...], close: bool, body_length: int
 ) -> None:
-    # The body can be skipped: the connection goes on as the request says.
+    # The body can be skipped: the connection goes on as the request says. The course's
+    # mode closes after every request, so there it answers without reading the body.
     error = parse_error(head("BREW /pot HTTP/1.1", "Request-Id: t", *headers), grammar)
     assert summary(error) == error_summary(
         Status.NOT_IMPLEMENTED,
         RequestLine("BREW", "/pot", "HTTP/1.1"),
         "t",
         Persistence.CLOSE if close else plain(grammar),
-        body_length,
+        None if grammar.course else body_length,
     )
+
+
+@pytest.mark.parametrize(
+    "extra", [("Expect: 100-continue",), ("Expect: 100-Continue", "Content-Length: 9")]
+)
+def test_501_waited_on_for_a_100_closes_without_the_body(extra: tuple[str, ...]) -> None:
+    # RFC 9110 §10.1.1: a client waiting for 100 (Continue) gets the final status at once,
+    # and since its body may or may not follow, the connection cannot go on.
+    error = parse_error(head("BREW /pot HTTP/1.1", *extra))
+    assert (error.status, error.persistence, error.body_length) == (
+        Status.NOT_IMPLEMENTED,
+        Persistence.ONCE,
+        None,
+    )
+
+
+@pytest.mark.parametrize("headers", [(), ("Content-Length: 0",), ("Connection: close",)])
+def test_501_to_head_closes(headers: tuple[str, ...]) -> None:
+    # A client reads a response to HEAD without its body: the 501's body would be taken
+    # for the start of the next response, so the connection ends after it.
+    error = parse_error(head("HEAD /a HTTP/1.1", *headers))
+    assert error.status is Status.NOT_IMPLEMENTED
+    assert error.body_length is None
+    assert error.persistence.persists is False
 
 
 @pytest.mark.parametrize(
@@ -1393,7 +1419,7 @@ def test_reader_head_fed_one_byte_at_a_time(grammar: Grammar) -> None:
     assert reader.eof() is None
 
 
-@in_both
+@pytest.mark.parametrize("grammar", [DEFAULT])  # the course's mode closes after a 501
 def test_reader_pipelined_heads_in_one_chunk(grammar: Grammar) -> None:
     stream = (
         head("GET /a HTTP/1.1", "Request-Id: 1")
@@ -1872,15 +1898,17 @@ def expected_outcome(
     ):
         return error_summary(Status.BAD_REQUEST, line, logged_id, closing)
     length = None if raw_length is None else int(raw_length)
+    expect = version == "HTTP/1.1" and fields.get("expect", "").lower() == "100-continue"
     if method not in ("GET", "PUT"):
+        if grammar.course or expect or method == "HEAD":
+            return error_summary(Status.NOT_IMPLEMENTED, line, logged_id, closing)
         return error_summary(Status.NOT_IMPLEMENTED, line, logged_id, persistence, length or 0)
     return Request(
         line=line,
         method=Method(method),
         request_id=request_id,
         content_length=length,
-        expect_continue=version == "HTTP/1.1"
-        and fields.get("expect", "").lower() == "100-continue",
+        expect_continue=expect,
         persistence=persistence,
     )
 
@@ -2085,13 +2113,17 @@ def request_streams(draw: st.DrawFn, grammar: Grammar) -> tuple[bytes, list[obje
         data = head(*lines)
         if not grammar.course:
             stream += b"\r\n" * draw(st.integers(0, 2))
-        stream += data + body
         try:
             event: object = parse_head(data, grammar)
         except HttpError as error:
             assert error.status is Status.NOT_IMPLEMENTED
-            event = summary(error)
-        events.append(event)
+            events.append(summary(error))
+            if error.body_length is None:
+                stream += data
+                break  # the connection ends with this 501: nothing after it is read
+        else:
+            events.append(event)
+        stream += data + body
         if body:
             events.append(("body", body))
     return stream, events

@@ -220,3 +220,54 @@ async def test_a_release_runs_without_anyone_waiting(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         os.fstat(fd)  # closed by the worker (nothing else opened a file meanwhile)
     pool.shutdown()
+
+
+async def test_a_result_delivered_to_a_cancelled_caller_is_discarded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = started(1)
+    discarded: list[int] = []
+    caller: asyncio.Future[int] | None = None
+    deliver = pool._deliver
+
+    def deliver_then_cancel(batch: list[pool_module._Operation]) -> None:
+        # The result reaches the caller's future, and the caller is cancelled before it
+        # resumes: the result is delivered, yet nobody will take it.
+        deliver(batch)
+        assert caller is not None
+        caller.cancel()
+
+    monkeypatch.setattr(pool, "_deliver", deliver_then_cancel)
+    try:
+        caller = asyncio.ensure_future(pool.run(lambda: 7, discard=discarded.append))
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert discarded == [7]
+    finally:
+        monkeypatch.undo()
+        await stopped(pool)
+
+
+async def test_drained_waits_for_results_still_on_their_way() -> None:
+    pool = started(1)
+    discarded: list[int] = []
+    finished = threading.Event()
+
+    def operation() -> int:
+        finished.set()
+        return 7
+
+    caller = asyncio.ensure_future(pool.run(operation, discard=discarded.append))
+    await asyncio.sleep(0)
+    caller.cancel()  # the operation is queued already: it runs, and its result is discarded
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert finished.wait(TIMEOUT)
+    # Block the loop until the job has ended: its results are queued for the loop, which
+    # cannot deliver them yet. drained() must still wait for that delivery.
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while pool._jobs and asyncio.get_running_loop().time() < deadline:
+        threading.Event().wait(0.001)
+    await asyncio.wait_for(pool.drained(), TIMEOUT)
+    assert discarded == [7]
+    pool.shutdown()

@@ -27,7 +27,21 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
     )
 
 
-@pytest.mark.parametrize("port", ["65536", "-1", "http", "80a", "99999999999999999999"])
+@pytest.mark.parametrize(
+    "port",
+    [
+        "65536",
+        "-1",
+        "http",
+        "80a",
+        "99999999999999999999",
+        "\u00b2",
+        "\uff18\uff10\uff18\uff10",
+        "\u0668\u0660",
+        "8080\n",
+        " 80",
+    ],
+)
 def test_invalid_port(port: str, tmp_path: Path) -> None:
     done = run_cli("--root", str(tmp_path), "--", port)
     assert (done.returncode, done.stderr, done.stdout) == (1, "Invalid Port\n", "")
@@ -37,7 +51,8 @@ def test_port_in_use_is_invalid(tmp_path: Path) -> None:
     with socket.create_server((HOST, 0)) as taken:
         port = taken.getsockname()[1]
         done = run_cli("--root", str(tmp_path), "--host", HOST, str(port))
-    assert (done.returncode, done.stderr) == (1, "Invalid Port\n")
+    # The contract's line, alone on its own line, then why.
+    assert (done.returncode, done.stderr) == (1, f"Invalid Port\nasrv: port {port} is in use\n")
 
 
 def test_unusable_root(tmp_path: Path) -> None:

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from asrv import Config
+from asrv.errors import ExitStatus, StartupError
+from asrv.logfile import LogFile
 from asrv.recovery import RecoveryReport, recover
 from tests.conftest import Process, ServerFactory, Site, get, put, split_response
 
@@ -25,12 +28,18 @@ def body_for(request_id: str) -> bytes:
 
 def recover_dir(root: Path, log: Path) -> RecoveryReport:
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    log_fd = os.open(log, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+    log_file = LogFile.open(Config(root=root, log=str(log)))
     try:
-        return recover(root_fd, log_fd)
+        return recover(root_fd, log_file)
     finally:
         os.close(root_fd)
-        os.close(log_fd)
+        log_file.close()
+
+
+def intent(site: Site, offset: int, name: str) -> Path:
+    """The path of a PUT's intent file for the line ending at `offset` of `site.log`."""
+    site.log.touch()
+    return site.root / f".asrv~{os.stat(site.log).st_ino:x}~{offset}~{name}"
 
 
 def test_recovery_settles_every_kind_of_debris(site: Site) -> None:
@@ -38,15 +47,13 @@ def test_recovery_settles_every_kind_of_debris(site: Site) -> None:
     lines = b"GET,/x,404,1\nPUT,/a,200,2\nPUT,/b,201,3\n"
     site.log.write_bytes(lines + b"PUT,/c,20")  # the last line was cut by the crash
     end_of_a = len(b"GET,/x,404,1\nPUT,/a,200,2\n")
-    (site.root / f".asrv~{end_of_a}~a").write_bytes(b"new a")  # logged: redo
-    (site.root / f".asrv~{len(lines) + 13}~c").write_bytes(b"c")  # line incomplete: undo
-    end_of_get = len(b"GET,/x,404,1\n")
-    (site.root / f".asrv~{end_of_get}~x").write_bytes(b"x")  # not its line: undo
+    intent(site, end_of_a, "a").write_bytes(b"new a")  # logged: redo
+    intent(site, len(lines) + 13, "c").write_bytes(b"c")  # line incomplete: undo
     (site.root / ".asrv_upload_0123").write_bytes(b"partial body")  # never committed
 
     report = recover_dir(site.root, site.log)
 
-    assert report == RecoveryReport(cut_bytes=9, redone=1, removed=3)
+    assert report == RecoveryReport(cut_bytes=9, redone=1, removed=2)
     assert site.log.read_bytes() == lines
     assert sorted(p.name for p in site.root.iterdir()) == ["a"]
     assert (site.root / "a").read_bytes() == b"new a"
@@ -57,16 +64,73 @@ def test_recovery_settles_every_kind_of_debris(site: Site) -> None:
 def test_later_logged_put_wins_when_both_are_pending(site: Site) -> None:
     first, second = b"PUT,/f,201,1\n", b"PUT,/f,200,2\n"
     site.log.write_bytes(first + second)
-    (site.root / f".asrv~{len(first)}~f").write_bytes(b"one")
-    (site.root / f".asrv~{len(first + second)}~f").write_bytes(b"two")
+    intent(site, len(first), "f").write_bytes(b"one")
+    intent(site, len(first + second), "f").write_bytes(b"two")
     assert recover_dir(site.root, site.log).redone == 2
     assert (site.root / "f").read_bytes() == b"two"
+
+
+@pytest.mark.parametrize(
+    ("lines", "name", "why"),
+    [
+        # The line at its offset is another request's: this intent is not from this log.
+        (b"GET,/x,404,1\n", "x", "does not match"),
+        # A PUT of that name, but one that changed nothing (403): never renamed anything.
+        (b"PUT,/x,403,1\n", "x", "does not match"),
+        (b"PUT,/y,201,1\n", "x", "does not match"),
+    ],
+)
+def test_an_intent_the_log_does_not_explain_stops_the_start(
+    site: Site, lines: bytes, name: str, why: str
+) -> None:
+    site.log.write_bytes(lines)
+    debris = intent(site, len(lines), name)
+    debris.write_bytes(b"?")
+    with pytest.raises(StartupError, match=why) as refused:
+        recover_dir(site.root, site.log)
+    assert refused.value.status == ExitStatus.RECOVERY_FAILED
+    assert debris.read_bytes() == b"?"  # neither applied nor deleted
+    assert not (site.root / name).exists()
+
+
+def test_an_intent_of_another_log_stops_the_start(site: Site, tmp_path: Path) -> None:
+    other = tmp_path / "other.log"
+    other.write_bytes(b"PUT,/a,201,1\n")
+    site.log.write_bytes(b"PUT,/a,201,1\n")
+    debris = site.root / f".asrv~{os.stat(other).st_ino:x}~13~a"
+    debris.write_bytes(b"from the other log")
+    with pytest.raises(StartupError, match="another audit log"):
+        recover_dir(site.root, site.log)
+    assert debris.exists() and not (site.root / "a").exists()
+
+
+def test_names_asrv_never_makes_are_left_and_reported(site: Site) -> None:
+    site.log.write_bytes(b"PUT,/a,201,1\n")
+    tag = f"{os.stat(site.log).st_ino:x}"
+    strays = [
+        f".asrv~{tag}~013~a",  # leading zero: not an offset asrv writes
+        f".asrv~{tag}~13~..",  # no PUT writes ".." or "."
+        f".asrv~{tag}~13~.",
+        ".asrv~x",
+    ]
+    for stray in strays:
+        (site.root / stray).write_bytes(b"stray")
+    report = recover_dir(site.root, site.log)
+    assert report == RecoveryReport(strays=tuple(sorted(strays)))
+    assert sorted(p.name for p in site.root.iterdir()) == sorted(strays)
+
+
+def test_an_untagged_intent_of_an_earlier_version_is_still_redone(site: Site) -> None:
+    site.log.write_bytes(b"PUT,/a,201,1\n")
+    (site.root / ".asrv~13~a").write_bytes(b"logged by 0.1")
+    assert recover_dir(site.root, site.log) == RecoveryReport(redone=1)
+    assert (site.root / "a").read_bytes() == b"logged by 0.1"
 
 
 @pytest.mark.asyncio
 async def test_server_recovers_before_listening(site: Site, running_server: ServerFactory) -> None:
     site.log.write_bytes(b"PUT,/a,201,1\n")
-    (site.root / ".asrv~13~a").write_bytes(b"recovered")
+    intent(site, 13, "a").write_bytes(b"recovered")
     async with running_server() as server:
         assert server.recovery == RecoveryReport(redone=1)
         assert split_response(await get(server.port, "a", 2)) == (200, b"recovered")
@@ -83,12 +147,23 @@ def replay(log_lines: list[str]) -> dict[str, bytes]:
     return files
 
 
-def test_kill_9_under_load_then_restart(site: Site, spawn_server: Callable[..., Process]) -> None:
+@pytest.mark.parametrize("log_on", ["file", "stderr"], ids=["-l FILE", "-l - 2>>FILE"])
+def test_kill_9_under_load_then_restart(
+    site: Site, spawn_server: Callable[..., Process], log_on: str
+) -> None:
     rounds = int(os.environ.get("ASRV_CRASH_ROUNDS", "5"))
     rng = random.Random(int(os.environ.get("ASRV_CRASH_SEED", "1")))
     acknowledged: dict[str, tuple[int, bytes]] = {}
+
+    def start(*args: str) -> Process:
+        if log_on == "file":
+            return spawn_server(*args)
+        # The course's way: the log is standard error, appended to a file by the shell.
+        with open(site.log, "ab") as log:
+            return spawn_server("-l", "-", *args, diagnostics="stdout", stderr=log)
+
     for round_number in range(rounds):
-        server = spawn_server("-t", "4")
+        server = start("-t", "4")
 
         async def load(port: int, deadline: float, round_number: int = round_number) -> None:
             async def client(i: int) -> None:
@@ -121,7 +196,7 @@ def test_kill_9_under_load_then_restart(site: Site, spawn_server: Callable[..., 
         asyncio.run(crash_during_load())
 
     # One more start recovers the last crash; then check everything against the log.
-    final = spawn_server()
+    final = start()
     assert final.stop() == 0
     log_bytes = site.log.read_bytes()
     assert log_bytes.endswith(b"\n")
