@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-BUFFER_BUDGET = 32 * 1024 * 1024
+BUFFER_BUDGET = 64 * 1024 * 1024
 """Request bytes the server holds in memory: at most this, plus one read in progress."""
 
 

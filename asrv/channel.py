@@ -81,6 +81,9 @@ class Channel(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
         self._budget.join(self, self._starve, self._feed)
+        if self._starved:
+            # uvloop starts reading once connection_made returns, whatever was asked during it.
+            self._loop.call_soon(self._update_reading)
         self._on_open(self)
 
     def data_received(self, data: bytes) -> None:
@@ -88,8 +91,9 @@ class Channel(asyncio.Protocol):
         self._buffered += len(data)
         if self._buffered >= HIGH_WATER:
             self._full = True
+        self._budget.take(len(data))  # may starve every channel, this one too
+        if self._full or self._starved:
             self._update_reading()
-        self._budget.take(len(data))
         self._wake(_READ)
 
     def eof_received(self) -> bool:
@@ -151,6 +155,7 @@ class Channel(asyncio.Protocol):
         self._buffered -= len(chunk)
         if self._full and self._buffered < HIGH_WATER // 4:
             self._full = False
+        if self._reading_paused and not self._full and not self._starved:
             self._update_reading()
         self._budget.give(len(chunk))
         return chunk
@@ -164,18 +169,22 @@ class Channel(asyncio.Protocol):
         self._update_reading()
 
     def _update_reading(self) -> None:
-        """Read from the socket unless this buffer is full or the server's is."""
-        paused = self._full or self._starved
-        if paused == self._reading_paused or self.lost:
+        """Read from the socket unless this buffer is full or the server's budget is
+        exhausted (then every channel stops, even an empty one: the loop reads every
+        ready socket in one pass, and each read can bring 256 KiB)."""
+        if self.lost:
             return
         transport = self._transport()
         if transport.is_closing():
             return
-        self._reading_paused = paused
-        if paused:
+        paused = self._full or self._starved
+        # The transport's own state, not a cached one: uvloop starts reading after
+        # connection_made whatever was asked during it.
+        if paused and transport.is_reading():
             transport.pause_reading()
-        else:
+        elif not paused and not transport.is_reading():
             transport.resume_reading()
+        self._reading_paused = paused
 
     async def send(self, data: bytes) -> None:
         """Write `data`; wait while the client is behind, failing only when it stalls.

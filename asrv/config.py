@@ -62,8 +62,8 @@ class Config:
             raise ValueError("Invalid Port")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int):
             raise ValueError("threads must be an integer")
-        if self.threads < 1:
-            raise ValueError("threads must be at least 1")
+        if not 1 <= self.threads <= MAX_THREADS:
+            raise ValueError(f"threads must be from 1 to {MAX_THREADS}")
         for name in ("timeout", "head_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -95,6 +95,8 @@ class Config:
         return Grammar(self.course, default if self.max_head is None else self.max_head)
 
 
+MAX_THREADS = 1024
+"""Most worker threads: beyond this a machine runs out of threads, not of work to give them."""
 MIN_HEAD = 128
 """Smallest `max_head`: room for the longest request line the grammar allows."""
 MAX_HEAD = 1024 * 1024

@@ -302,8 +302,14 @@ class Connection:
             await body.abandon()
             raise
         if complete:
-            self._unlogged = None
-            outcome = await body.commit(line, request_id)
+            try:
+                outcome = await body.commit(line, request_id, self._handed_over)
+            except OSError:
+                await body.abandon()
+                outcome = Status.INTERNAL_ERROR  # logged and answered below
+            except BaseException:
+                await body.abandon()  # cancelled before the store took the body
+                raise
         else:
             await body.abandon()
             outcome = Status.BAD_REQUEST if complete is False else Status.INTERNAL_ERROR
@@ -315,6 +321,10 @@ class Connection:
         connection = request.persistence.connection_header(keep)
         await self._channel.send(fixed_response(outcome.status, connection))
         return keep
+
+    def _handed_over(self) -> None:
+        """The request's operation is on its way: it logs the request, even if cancelled."""
+        self._unlogged = None
 
     async def _continue(self, request: Request) -> None:
         """Send 100 (Continue) to a client that waits for it before sending its body."""

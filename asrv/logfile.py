@@ -106,9 +106,12 @@ class LogFile:
             ) from None
         if not stat.S_ISREG(info.st_mode):
             return cls(2, None, False, None, None, 0, name, ())
-        # Standard error is often open write-only (2>>file): reopen the file it names.
+        # Standard error is often open write-only (2>>file): reopen the file it names, for
+        # appending too. Lines go through that descriptor: standard error itself may lack
+        # O_APPEND (2<>file, a service manager's file:), and would overwrite the log.
         try:
-            readback, writable = os.open("/proc/self/fd/2", os.O_RDWR | os.O_CLOEXEC), True
+            flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+            readback, writable = os.open("/proc/self/fd/2", flags), True
         except OSError:
             try:
                 readback, writable = os.open("/proc/self/fd/2", os.O_RDONLY | os.O_CLOEXEC), False
@@ -124,8 +127,22 @@ class LogFile:
                 "asrv: standard error changed while it was opened as the log",
                 ExitStatus.LOG_UNUSABLE,
             )
+        append_fd = readback if writable else 2
+        if not writable and not fcntl.fcntl(2, fcntl.F_GETFL) & os.O_APPEND:
+            raise StartupError(
+                "asrv: standard error is not open for appending, and asrv cannot reopen it: "
+                "lines would overwrite the log",
+                ExitStatus.LOG_UNUSABLE,
+            )
         return cls(
-            2, readback, writable, info.st_ino, info.st_dev, info.st_size, name, tuple(owned)
+            append_fd,
+            readback,
+            writable,
+            info.st_ino,
+            info.st_dev,
+            info.st_size,
+            name,
+            tuple(owned),
         )
 
     def _lock(self) -> None:

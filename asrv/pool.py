@@ -94,7 +94,13 @@ class WorkerPool:
         """
         executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=self._name)
         barrier = threading.Barrier(self.threads)
-        started = [executor.submit(barrier.wait) for _ in range(self.threads)]
+        try:
+            started = [executor.submit(barrier.wait) for _ in range(self.threads)]
+        except RuntimeError:
+            # The system would start no more threads: release those waiting for the others.
+            barrier.abort()
+            executor.shutdown(wait=True)
+            raise
         for future in started:
             future.result()
         self._executor = executor

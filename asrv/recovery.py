@@ -78,7 +78,10 @@ def recover(root_fd: int, log: LogFile) -> RecoveryReport:
     strays: list[str] = []
     for name in sorted(os.listdir(root_fd)):
         if name.startswith(UPLOAD_PREFIX):
-            remove.append(name)
+            if _is_the_log(root_fd, name, log):
+                strays.append(name)  # the log itself, under an upload's name: never removed
+            else:
+                remove.append(name)
             continue
         if not name.startswith(COMMIT_PREFIX):
             continue
@@ -124,6 +127,14 @@ def recover(root_fd: int, log: LogFile) -> RecoveryReport:
     return RecoveryReport(cut, len(redo), len(remove), tuple(strays))
 
 
+def _is_the_log(root_fd: int, name: str, log: LogFile) -> bool:
+    try:
+        info = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return (info.st_dev, info.st_ino) == log.identity
+
+
 def _cut_incomplete_line(log: LogFile) -> int:
     fd = log.readback_fd
     if fd is None:
@@ -147,9 +158,17 @@ def _cut_incomplete_line(log: LogFile) -> int:
 
 
 def _line_ending_at(fd: int, offset: int) -> bytes:
-    """The whole line whose newline is the byte just before `offset`, or b"" if none is."""
-    start = max(0, offset - _TAIL)
-    data = os.pread(fd, offset - start, start)
-    if not data.endswith(b"\n"):
-        return b""
-    return data[data.rfind(b"\n", 0, len(data) - 1) + 1 :]
+    """The whole line whose newline is the byte just before `offset`, or b"" if none is.
+    Read backwards as far as the line goes: a Request-Id may make it longer than _TAIL."""
+    end = offset
+    data = b""
+    while end > 0:
+        start = max(0, end - _TAIL)
+        data = os.pread(fd, end - start, start) + data
+        end = start
+        if not data.endswith(b"\n"):
+            return b""
+        newline = data.rfind(b"\n", 0, len(data) - 1)
+        if newline >= 0:
+            return data[newline + 1 :]
+    return data

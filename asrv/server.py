@@ -161,7 +161,10 @@ class Server:
             protected=log_file.identity,
             log_tag=log_file.tag,
         )
-        self._pool.start(settle=lambda: log.sync(log.last_seq))
+        try:
+            self._pool.start(settle=lambda: log.sync(log.last_seq))
+        except RuntimeError as error:
+            raise StartupError(f"asrv: cannot start {config.threads} workers: {error}") from None
         self._resources.callback(self._pool.shutdown)
         return store
 

@@ -17,7 +17,7 @@ abandon never closes a descriptor that a queued write would then use under a reu
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Callable
 
 from asrv.budget import ReadBudget
 from asrv.http import RequestLine
@@ -61,14 +61,19 @@ class UploadBody:
                 await self._write_held()
         self._raise_failure()
 
-    async def commit(self, line: RequestLine, request_id: str) -> PutResult:
-        """The PUT's critical step, with the whole body received; the store owns the temp
-        file from here on, whatever happens. OSError if the body could not be stored."""
+    async def commit(
+        self, line: RequestLine, request_id: str, handing_over: Callable[[], None]
+    ) -> PutResult:
+        """The PUT's critical step, with the whole body received. `handing_over()` is
+        called as the store takes the temp file: from then on the store owns it and logs
+        the request, whatever happens. Before that, OSError if the body could not be
+        stored (and a cancellation leaves the body to `abandon`)."""
         async with self._writing:
             self._raise_failure()
-            self._budget.leave(self)
             if self._upload is not None and self._held:
                 await self._write_held()
+            self._budget.leave(self)
+            handing_over()
             upload, self._upload = self._upload, None
             if upload is None:
                 body = self._take_held()
@@ -84,14 +89,27 @@ class UploadBody:
         temp file runs to its end even if the caller is cancelled meanwhile."""
         self._budget.leave(self)
         spilling = self._spilling
-        if spilling is not None:
-            # Its write must end before the descriptor closes (its errors no longer matter).
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(spilling)
+        cancelled = False
+        # A spill's write must end before the descriptor closes, however often the caller
+        # is cancelled meanwhile; its errors no longer matter.
+        while spilling is not None and not spilling.done():
+            try:
+                await asyncio.wait({spilling})
+            except asyncio.CancelledError:
+                cancelled = True
+        if spilling is not None and not spilling.cancelled():
+            spilling.exception()
         self._take_held()
         upload, self._upload = self._upload, None
         if upload is not None:
-            await asyncio.shield(self._pool.run(self._store.abandon, upload))
+            removal = asyncio.ensure_future(self._pool.run(self._store.abandon, upload))
+            while not removal.done():
+                try:
+                    await asyncio.wait({removal})
+                except asyncio.CancelledError:
+                    cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
 
     def _spill_soon(self) -> None:
         """The budget ran out: write what this body holds, without waiting for more."""
@@ -100,7 +118,7 @@ class UploadBody:
 
     async def _spill(self) -> None:
         async with self._writing:
-            if self._upload is not None or self._held:
+            if self._held:
                 try:
                     await self._write_held()
                 except OSError as error:

@@ -114,3 +114,16 @@ def test_one_log_on_stderr_belongs_to_one_server(
     finally:
         log.close()
     assert site.log.read_bytes() == b""
+
+
+def test_a_log_on_stderr_without_append_is_appended_to(
+    site: Site, spawn_server: Callable[..., Process]
+) -> None:
+    # `2<>audit.log`, or a service manager's `file:`: standard error is open at offset 0
+    # without O_APPEND. Lines must still go to the end, never over the old ones.
+    site.log.write_bytes(b"GET,/old,404,1\n")
+    with open(site.log, "r+b") as log:
+        server = spawn_server("-l", "-", diagnostics="stdout", stderr=log)
+    assert asyncio.run(get(server.port, "new", 2)) == response(404, "Not Found")
+    assert server.stop() == 0
+    assert site.log_lines() == ["GET,/old,404,1", "GET,/new,404,2"]

@@ -219,3 +219,21 @@ def test_kill_9_under_load_then_restart(
             expected = (200, files[uri]) if uri in files else (404, b"Not Found\n")
             assert acknowledged[rid] == expected, line
     assert len(acknowledged) > rounds * 10, "the load did not get going"
+
+
+def test_a_logged_put_with_a_long_request_id_is_redone(site: Site) -> None:
+    # A Request-Id may make a line longer than the piece of log read at a time.
+    line = b"PUT,/a,201," + b"r" * 9000 + b"\n"
+    site.log.write_bytes(b"GET,/x,404,1\n" + line)
+    intent(site, site.log.stat().st_size, "a").write_bytes(b"logged")
+    assert recover_dir(site.root, site.log) == RecoveryReport(redone=1)
+    assert (site.root / "a").read_bytes() == b"logged"
+
+
+def test_the_log_under_an_upload_name_in_the_root_is_never_removed(site: Site) -> None:
+    log = site.root / ".asrv_upload_log"
+    log.write_bytes(b"GET,/x,404,1\n")
+    (site.root / ".asrv_upload_0123").write_bytes(b"partial body")
+    report = recover_dir(site.root, log)
+    assert report == RecoveryReport(removed=1, strays=(".asrv_upload_log",))
+    assert log.read_bytes() == b"GET,/x,404,1\n"
