@@ -40,8 +40,6 @@ class LogFile:
     inode: int | None
     """The log's inode number when it is a regular file."""
     device: int | None
-    size: int
-    """Bytes in the log when the server took it over."""
     name: str
     """How messages name the log."""
     _owned: tuple[int, ...]
@@ -91,8 +89,8 @@ class LogFile:
         owned.append(fd)
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            return cls(fd, None, False, None, None, 0, path, tuple(owned))
-        return cls(fd, fd, True, info.st_ino, info.st_dev, info.st_size, path, tuple(owned))
+            return cls(fd, None, False, None, None, path, tuple(owned))
+        return cls(fd, fd, True, info.st_ino, info.st_dev, path, tuple(owned))
 
     @classmethod
     def _open_stderr(cls, owned: list[int]) -> LogFile:
@@ -105,7 +103,7 @@ class LogFile:
                 ExitStatus.LOG_UNUSABLE,
             ) from None
         if not stat.S_ISREG(info.st_mode):
-            return cls(2, None, False, None, None, 0, name, ())
+            return cls(2, None, False, None, None, name, ())
         # Standard error is often open write-only (2>>file): reopen the file it names, for
         # appending too. Lines go through that descriptor: standard error itself may lack
         # O_APPEND (2<>file, a service manager's file:), and would overwrite the log.
@@ -140,7 +138,6 @@ class LogFile:
             writable,
             info.st_ino,
             info.st_dev,
-            info.st_size,
             name,
             tuple(owned),
         )
@@ -158,7 +155,7 @@ class LogFile:
             ) from None
 
     def size_now(self) -> int:
-        """The log's current size (after recovery cut a torn line off)."""
+        """The log's size now (read after recovery, which may cut a torn line off)."""
         return os.fstat(self.fd).st_size if self.is_file else 0
 
     def close(self) -> None:
