@@ -127,7 +127,7 @@ class UploadBody:
     async def _write_held(self) -> None:
         """Holding `_writing`: write what is held to the temp file, made on first use."""
         if self._upload is None:
-            self._upload = await self._pool.run(self._store.new_upload, discard=self._store.abandon)
+            self._upload = await self._pool.run(self._store.new_upload, discard=self._discard)
         held = self._held
         data = self._take_held(counted=True)
         try:
@@ -136,6 +136,11 @@ class UploadBody:
         finally:
             # Counted until written: a write waiting for a worker still holds its bytes.
             self._budget.give(held)
+
+    def _discard(self, upload: Upload) -> None:
+        """A temp file made for a caller that was cancelled meanwhile: removed on a worker,
+        not on the loop that delivers it (a close and an unlink can wait for the disk)."""
+        self._pool.release(self._store.abandon, upload)
 
     def _take_held(self, *, counted: bool = False) -> bytes:
         """What is held in memory, handed over; no longer counted unless `counted` (the
