@@ -36,11 +36,12 @@ from asrv.http import (
     RequestLine,
     Status,
     fixed_response,
+    not_modified_response,
     response_head,
 )
 from asrv.pool import WorkerPool
 from asrv.sending import FileSender
-from asrv.store import PutResult, Store
+from asrv.store import GetResult, Store, WriteResult
 from asrv.upload import UploadBody
 
 READ_LIMIT = 256 * 1024
@@ -144,7 +145,9 @@ class Connection:
             return _Step.CLOSE
         if request.method is Method.PUT:
             return _step(await self._put(request))
-        return _step(await self._get(request))
+        if request.method is Method.DELETE:
+            return _step(await self._delete(request))
+        return _step(await self._get(request))  # GET or HEAD
 
     async def _next_request(self) -> Request | HttpError | None:
         """The next request head, or an error to answer; None if the connection ends
@@ -256,29 +259,55 @@ class Connection:
                 await outcome
         return True
 
+    async def _skip_body(self, request: Request) -> bool:
+        """Read and ignore the body of a GET, HEAD or DELETE; False if it was cut short (the
+        400 is then sent, and the connection ends)."""
+        if not request.content_length:
+            return True
+        if request.expect_continue:
+            await self._continue(request)
+        if await self._read_body(request.content_length, None):
+            return True
+        await self._respond(
+            Status.BAD_REQUEST, request.line, request.request_id, request.persistence
+        )
+        return False
+
     async def _get(self, request: Request) -> bool:
-        """Serve a GET; True if the connection stays open for another request."""
-        line, request_id = request.line, request.request_id
-        if request.content_length:
-            if request.expect_continue:
-                await self._continue(request)
-            if not await self._read_body(request.content_length, None):
-                await self._respond(Status.BAD_REQUEST, line, request_id, request.persistence)
-                return False
+        """Serve a GET or HEAD; True if the connection stays open for another request."""
+        if not await self._skip_body(request):
+            return False
         sender = self._sender
+        head = request.method is Method.HEAD
         self._unlogged = None  # a queued operation runs, and logs, even if cancelled
         result = await self._services.pool.run(
-            self._services.store.get, line, request_id, durable=True, discard=sender.release
+            self._services.store.get,
+            request.line,
+            request.request_id,
+            request.conditions,
+            head,
+            durable=True,
+            discard=sender.release,
         )
         try:
             keep = self._keeps_open(request.persistence)
             connection = request.persistence.connection_header(keep)
-            if result.fd is None:
+            if result.status is Status.NOT_MODIFIED:
+                assert result.etag is not None
+                await self._channel.send(not_modified_response(result.etag, connection))
+            elif head:
+                length = result.file_size if result.status is Status.OK else len(result.body)
+                fields = _version_fields(result)
+                await self._channel.send(response_head(result.status, length, connection, fields))
+            elif result.fd is None:
                 body = result.body
-                await self._channel.send(response_head(result.status, len(body), connection) + body)
+                fields = _version_fields(result)
+                head_bytes = response_head(result.status, len(body), connection, fields)
+                await self._channel.send(head_bytes + body)
             else:
-                head = response_head(result.status, result.size, connection)
-                await sender.send(head, result.fd, result.size)
+                fields = _version_fields(result)
+                head_bytes = response_head(result.status, result.count, connection, fields)
+                await sender.send(head_bytes, result.fd, result.offset, result.count)
         finally:
             sender.release(result)
         return keep
@@ -292,7 +321,7 @@ class Connection:
         body = UploadBody(
             services.pool, services.store, services.budget, request.content_length or 0
         )
-        outcome: PutResult | Status
+        outcome: WriteResult | Status
         try:
             complete = await self._read_body(request.content_length or 0, body.add)
         except OSError:
@@ -303,7 +332,7 @@ class Connection:
             raise
         if complete:
             try:
-                outcome = await body.commit(line, request_id, self._handed_over)
+                outcome = await body.commit(line, request_id, request.conditions, self._handed_over)
             except OSError:
                 await body.abandon()
                 outcome = Status.INTERNAL_ERROR  # logged and answered below
@@ -317,9 +346,28 @@ class Connection:
             # The body was not read whole: where the next request starts is unknown.
             await self._respond(outcome, line, request_id, request.persistence)
             return False
+        return await self._written(request, outcome)
+
+    async def _delete(self, request: Request) -> bool:
+        """Serve a DELETE; True if the connection stays open for another request."""
+        if not await self._skip_body(request):
+            return False
+        self._unlogged = None  # a queued operation runs, and logs, even if cancelled
+        outcome = await self._services.pool.run(
+            self._services.store.delete,
+            request.line,
+            request.request_id,
+            request.conditions,
+            durable=True,
+        )
+        return await self._written(request, outcome)
+
+    async def _written(self, request: Request, outcome: WriteResult) -> bool:
+        """Answer a PUT or DELETE the store decided; True if the connection stays open."""
         keep = self._keeps_open(request.persistence)
         connection = request.persistence.connection_header(keep)
-        await self._channel.send(fixed_response(outcome.status, connection))
+        fields = b"" if outcome.etag is None else _etag_field(outcome.etag)
+        await self._channel.send(fixed_response(outcome.status, connection, fields))
         return keep
 
     def _handed_over(self) -> None:
@@ -368,6 +416,23 @@ class Connection:
         with contextlib.suppress(TimeoutError):
             while await self._channel.read(READ_LIMIT, deadline):
                 pass
+
+
+def _etag_field(etag: str) -> bytes:
+    return b"ETag: %s\r\n" % etag.encode("ascii")
+
+
+def _version_fields(result: GetResult) -> bytes:
+    """A GET's or HEAD's fields beyond the course's: only a request that used HEAD, a
+    range or a condition has an `etag`, and only a 206 or 416 a Content-Range."""
+    fields = b""
+    if result.span is not None:
+        fields = b"Content-Range: %s\r\n" % result.span.content_range().encode("ascii")
+    elif result.status is Status.RANGE_NOT_SATISFIABLE:
+        fields = b"Content-Range: bytes */%d\r\n" % result.file_size
+    if result.etag is not None:
+        fields += _etag_field(result.etag)
+    return fields
 
 
 def _step(keep: bool) -> _Step:

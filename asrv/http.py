@@ -21,6 +21,8 @@ import enum
 import re
 from typing import NamedTuple
 
+from asrv.conditions import Conditions, parse_conditions
+
 COURSE_MAX_HEAD = 2048
 """Largest request head (request line, headers and the empty line) in the course's grammar."""
 DEFAULT_MAX_HEAD = 8192
@@ -43,10 +45,14 @@ class Status(enum.IntEnum):
 
     OK = 200
     CREATED = 201
+    PARTIAL_CONTENT = 206
+    NOT_MODIFIED = 304
     BAD_REQUEST = 400
     FORBIDDEN = 403
     NOT_FOUND = 404
+    PRECONDITION_FAILED = 412
     PAYLOAD_TOO_LARGE = 413
+    RANGE_NOT_SATISFIABLE = 416
     INTERNAL_ERROR = 500
     NOT_IMPLEMENTED = 501
     VERSION_NOT_SUPPORTED = 505
@@ -64,10 +70,14 @@ class Status(enum.IntEnum):
 _PHRASES = {
     Status.OK: "OK",
     Status.CREATED: "Created",
+    Status.PARTIAL_CONTENT: "Partial Content",
+    Status.NOT_MODIFIED: "Not Modified",
     Status.BAD_REQUEST: "Bad Request",
     Status.FORBIDDEN: "Forbidden",
     Status.NOT_FOUND: "Not Found",
+    Status.PRECONDITION_FAILED: "Precondition Failed",
     Status.PAYLOAD_TOO_LARGE: "Payload Too Large",
+    Status.RANGE_NOT_SATISFIABLE: "Range Not Satisfiable",
     Status.INTERNAL_ERROR: "Internal Server Error",
     Status.NOT_IMPLEMENTED: "Not Implemented",
     Status.VERSION_NOT_SUPPORTED: "Version Not Supported",
@@ -77,9 +87,13 @@ _PHRASES = {
 class Method(enum.Enum):
     GET = "GET"
     PUT = "PUT"
+    HEAD = "HEAD"
+    DELETE = "DELETE"
 
 
 _METHODS = {method.value: method for method in Method}
+_COURSE_METHODS = {"GET": Method.GET, "PUT": Method.PUT}
+"""The course's server implements GET and PUT only: HEAD and DELETE get 501 there."""
 
 
 class Grammar(NamedTuple):
@@ -154,6 +168,8 @@ class Request(NamedTuple):
     content_length: int | None
     expect_continue: bool
     persistence: Persistence
+    conditions: Conditions | None = None
+    """If-Match, If-None-Match, Range and If-Range (never with the course's grammar)."""
 
 
 class HttpError(Exception):
@@ -371,7 +387,7 @@ def parse_head(head: bytes, grammar: Grammar = DEFAULT) -> Request:
     expect_continue = (
         line.version == "HTTP/1.1" and fields.get("expect", "").lower() == "100-continue"
     )
-    method = _METHODS.get(line.method)
+    method = (_COURSE_METHODS if grammar.course else _METHODS).get(line.method)
     if method is None:
         # The connection goes on past a 501 only if its body can be skipped: not after a
         # HEAD, whose response a client reads without a body (the 501's body would become
@@ -393,6 +409,8 @@ def parse_head(head: bytes, grammar: Grammar = DEFAULT) -> Request:
         # RFC 9110 §10.1.1: an HTTP/1.0 client never gets a 100 (Continue).
         expect_continue=expect_continue,
         persistence=persistence,
+        # The course's server ignores these fields (SPEC §4.3).
+        conditions=None if grammar.course else parse_conditions(fields),
     )
 
 
@@ -450,21 +468,32 @@ def _persistence(version: str, connection: str | None, grammar: Grammar) -> Pers
     return Persistence.KEEP
 
 
-def response_head(status: Status, content_length: int, connection: bytes = b"") -> bytes:
+def response_head(
+    status: Status, content_length: int, connection: bytes = b"", fields: bytes = b""
+) -> bytes:
     """The status line and headers of a response, up to and including the empty line.
-    `connection` is a whole `Connection` field line, or nothing."""
-    return b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n%s\r\n" % (
+    `connection` is a whole `Connection` field line, or nothing; `fields` are more whole
+    field lines (`Content-Range`, `ETag`), placed between the two."""
+    return b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n%s%s\r\n" % (
         status,
         _PHRASE_BYTES[status],
         content_length,
+        fields,
         connection,
     )
+
+
+def not_modified_response(etag: str, connection: bytes = b"") -> bytes:
+    """A whole 304: no body, and so no Content-Length (RFC 9110 §15.4.5, §8.6: it would
+    have to be the length of the 200 this stands for, and clients need none)."""
+    return b"HTTP/1.1 304 Not Modified\r\nETag: %s\r\n%s\r\n" % (etag.encode("ascii"), connection)
 
 
 _PHRASE_BYTES = {status: phrase.encode("ascii") for status, phrase in _PHRASES.items()}
 
 
-def fixed_response(status: Status, connection: bytes = b"") -> bytes:
-    """A whole response whose body is the status's fixed text (every response but a GET 200)."""
+def fixed_response(status: Status, connection: bytes = b"", fields: bytes = b"") -> bytes:
+    """A whole response whose body is the status's fixed text (all but a GET's 200 and 206,
+    and a 304)."""
     body = status.body
-    return response_head(status, len(body), connection) + body
+    return response_head(status, len(body), connection, fields) + body

@@ -13,6 +13,10 @@ debris, all settled here before the server listens:
   the PUT is logged (and may have been acknowledged) but its final rename may not have
   survived: redo it. If the log ends before OFFSET, the line never made it to disk, so the
   PUT never happened: remove the file.
+- deletion intents (".asrv-deleted~INODE~OFFSET~NAME"): a DELETE moved the file out of its
+  name before its line was flushed. If the log holds `DELETE,/NAME,200,...` ending at
+  OFFSET, the DELETE happened: finish it (remove the file). If the log ends before OFFSET,
+  it never happened: give the file its name back.
 
 Recovery never guesses. An intent it cannot verify against this log (the log cannot be read
 back, the intent names another log, or the log holds some other line at its offset) stops
@@ -25,20 +29,26 @@ Every step is idempotent, so a crash during recovery is recovered by the next st
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from asrv.errors import ExitStatus, StartupError
 from asrv.logfile import LogFile
-from asrv.store import COMMIT_PREFIX, UPLOAD_PREFIX
+from asrv.store import COMMIT_PREFIX, DELETE_PREFIX, UPLOAD_PREFIX
 
 _OFFSET = r"(0|[1-9][0-9]{0,19})"
 _TARGET = r"(?!\.\.?$)([a-zA-Z0-9.-]{1,63})"  # a name a PUT can write: not "." or ".."
 _INTENT = re.compile(re.escape(COMMIT_PREFIX) + r"([0-9a-f]{1,16}|-)~" + _OFFSET + "~" + _TARGET)
 # Made by asrv 0.1 before intents named their log: verified against the lines alone.
 _UNTAGGED_INTENT = re.compile(re.escape(COMMIT_PREFIX) + _OFFSET + "~" + _TARGET)
+_DELETE_INTENT = re.compile(
+    re.escape(DELETE_PREFIX) + r"([0-9a-f]{1,16}|-)~" + _OFFSET + "~" + _TARGET
+)
 _LOGGED_PUT = re.compile(rb"PUT,/([a-zA-Z0-9.-]{1,63}),20[01],[^,\n]*\n")
+_LOGGED_DELETE = re.compile(rb"DELETE,/([a-zA-Z0-9.-]{1,63}),200,[^,\n]*\n")
 _TAIL = 4096
 """Bytes read from the end of the log to find its last newline (a line is far shorter)."""
 
@@ -47,22 +57,43 @@ _TAIL = 4096
 class RecoveryReport:
     cut_bytes: int = 0
     redone: int = 0
+    """Logged PUTs installed, and logged DELETEs finished."""
     removed: int = 0
+    """Uploads, and intents of PUTs that were never logged, removed."""
+    restored: int = 0
+    """Files given back their names: their DELETEs were never logged."""
     strays: tuple[str, ...] = ()
     """Files under asrv's prefixes that asrv never makes: left alone."""
 
     def __bool__(self) -> bool:
-        return any((self.cut_bytes, self.redone, self.removed, self.strays))
+        return any((self.cut_bytes, self.redone, self.removed, self.restored, self.strays))
 
     def describe(self) -> str:
         parts = [
             f"cut {self.cut_bytes} bytes of an incomplete last log line",
-            f"redid {self.redone} logged PUTs",
+            f"redid {self.redone} logged PUTs and DELETEs",
             f"removed {self.removed} temp files",
         ]
+        if self.restored:
+            parts.append(f"restored {self.restored} files whose DELETEs were never logged")
         if self.strays:
             parts.append(f"left {len(self.strays)} unknown files ({', '.join(self.strays)})")
         return "recovered: " + ", ".join(parts)
+
+
+class _Kind(enum.Enum):
+    PUT = "PUT"
+    DELETE = "DELETE"
+
+
+class _Intent(NamedTuple):
+    """A PUT's or DELETE's intent file: which log line it waits for, and its target."""
+
+    offset: int
+    name: str
+    target: str
+    kind: _Kind
+    tag: str
 
 
 def _refuse(message: str) -> StartupError:
@@ -73,7 +104,8 @@ def recover(root_fd: int, log: LogFile) -> RecoveryReport:
     """Settle a crash's debris in the root against `log`; StartupError if it cannot."""
     cut = _cut_incomplete_line(log)
     size = log.size_now()
-    redo: list[tuple[int, str, str]] = []
+    redo: list[_Intent] = []
+    restore: list[_Intent] = []
     remove: list[str] = []
     strays: list[str] = []
     for name in sorted(os.listdir(root_fd)):
@@ -83,48 +115,94 @@ def recover(root_fd: int, log: LogFile) -> RecoveryReport:
             else:
                 remove.append(name)
             continue
-        if not name.startswith(COMMIT_PREFIX):
+        if not name.startswith((COMMIT_PREFIX, DELETE_PREFIX)):
             continue
-        match = _INTENT.fullmatch(name)
-        untagged = _UNTAGGED_INTENT.fullmatch(name) if match is None else None
-        if match is not None:
-            tag, offset, target = match[1], int(match[2]), match[3]
-        elif untagged is not None:
-            tag, offset, target = log.tag, int(untagged[1]), untagged[2]
-        else:
+        intent = _parse_intent(name, log.tag)
+        if intent is None:
             strays.append(name)
             continue
         if log.readback_fd is None:
             raise _refuse(f"{name} needs the audit log, and {log.name} cannot be read back")
-        if tag != log.tag:
+        if intent.tag != log.tag:
             raise _refuse(f"{name} refers to another audit log than {log.name}")
-        if offset > size:
-            remove.append(name)  # its line never reached the log: the PUT never happened
+        if intent.offset > size:
+            # Its line never reached the log: the request never happened.
+            if intent.kind is _Kind.PUT:
+                remove.append(name)
+            else:
+                restore.append(intent)
             continue
-        logged = _LOGGED_PUT.fullmatch(_line_ending_at(log.readback_fd, offset))
-        if logged is None or logged[1].decode() != target:
-            raise _refuse(f"{name} does not match line ending at byte {offset} of {log.name}")
-        redo.append((offset, name, target))
+        pattern = _LOGGED_PUT if intent.kind is _Kind.PUT else _LOGGED_DELETE
+        logged = pattern.fullmatch(_line_ending_at(log.readback_fd, intent.offset))
+        if logged is None or logged[1].decode() != intent.target:
+            raise _refuse(
+                f"{name} does not match line ending at byte {intent.offset} of {log.name}"
+            )
+        redo.append(intent)
     if redo:
         assert log.readback_fd is not None
         # A line found in the log may still be only in the page cache (the crash came
-        # between its write and its fdatasync): make it durable before the PUT it logs
+        # between its write and its fdatasync): make it durable before the request it logs
         # takes effect, or a power cut could keep the effect and lose the line.
         os.fsync(log.readback_fd)
     for name in remove:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=root_fd)
-    # Oldest first: if a file has several, the one logged last must end up in place.
-    for _, name, target in sorted(redo):
-        try:
-            os.rename(name, target, src_dir_fd=root_fd, dst_dir_fd=root_fd)
-        except OSError as error:
-            raise _refuse(
-                f"cannot redo the logged PUT of {target} ({name}): {error.strerror}"
-            ) from None
-    if redo or remove:
+    # Oldest first: if a file has several, the one logged last must end up in effect.
+    for intent in sorted(redo):
+        _redo(root_fd, intent)
+    for intent in restore:
+        _restore(root_fd, intent)
+    if redo or remove or restore:
         os.fsync(root_fd)
-    return RecoveryReport(cut, len(redo), len(remove), tuple(strays))
+    return RecoveryReport(cut, len(redo), len(remove), len(restore), tuple(strays))
+
+
+def _parse_intent(name: str, log_tag: str) -> _Intent | None:
+    if name.startswith(DELETE_PREFIX):
+        match = _DELETE_INTENT.fullmatch(name)
+        if match is None:
+            return None
+        return _Intent(int(match[2]), name, match[3], _Kind.DELETE, match[1])
+    match = _INTENT.fullmatch(name)
+    if match is not None:
+        return _Intent(int(match[2]), name, match[3], _Kind.PUT, match[1])
+    untagged = _UNTAGGED_INTENT.fullmatch(name)
+    if untagged is not None:
+        return _Intent(int(untagged[1]), name, untagged[2], _Kind.PUT, log_tag)
+    return None
+
+
+def _redo(root_fd: int, intent: _Intent) -> None:
+    """Put a logged request in effect: install a PUT's content, or finish a DELETE."""
+    try:
+        if intent.kind is _Kind.PUT:
+            os.rename(intent.name, intent.target, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+        else:
+            os.unlink(intent.name, dir_fd=root_fd)
+    except OSError as error:
+        raise _refuse(
+            f"cannot redo the logged {intent.kind.value} of {intent.target} ({intent.name}): "
+            f"{error.strerror}"
+        ) from None
+
+
+def _restore(root_fd: int, intent: _Intent) -> None:
+    """Undo a DELETE that was never logged: the file gets its name back. Nothing logged
+    after it can have used the name, so a file there now is something recovery cannot
+    explain."""
+    try:
+        os.stat(intent.target, dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+    else:
+        raise _refuse(f"cannot give {intent.target} back from {intent.name}: the name is taken")
+    try:
+        os.rename(intent.name, intent.target, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+    except OSError as error:
+        raise _refuse(
+            f"cannot give {intent.target} back from {intent.name}: {error.strerror}"
+        ) from None
 
 
 def _is_the_log(root_fd: int, name: str, log: LogFile) -> bool:

@@ -26,15 +26,16 @@ class FileSender:
         self._store = store
         self._channel = channel
 
-    async def send(self, head: bytes, fd: int, size: int) -> None:
-        """Send `head`, then `size` bytes of `fd`. Raises ClientGone, or ConnectionError,
-        when the response cannot be completed (the connection must then be dropped)."""
+    async def send(self, head: bytes, fd: int, offset: int, count: int) -> None:
+        """Send `head`, then `count` bytes of `fd` from `offset`. Raises ClientGone, or
+        ConnectionError, when the response cannot be completed (the connection must then
+        be dropped)."""
         try:
-            await self._send_file(head, fd, size)
+            await self._send_file(head, fd, offset, offset + count)
         except SendfileUnavailable as refused:
             if not refused.head_sent:
                 await self._channel.send(head)
-            await self._copy_file(fd, size)
+            await self._copy_file(fd, offset, offset + count)
 
     def release(self, result: GetResult) -> None:
         """Close a GET's file once it is sent, or when nobody will send it. On a worker: if
@@ -43,26 +44,27 @@ class FileSender:
         if result.fd is not None:
             self._pool.release(os.close, result.fd)
 
-    async def _send_file(self, head: bytes, fd: int, size: int) -> None:
-        offset = 0
-        while offset < size:
-            end = min(size, offset + WARM_SLICE)
+    async def _send_file(self, head: bytes, fd: int, start: int, stop: int) -> None:
+        offset = start
+        while offset < stop:
+            end = min(stop, offset + WARM_SLICE)
             await self._pool.run_to_end(self._store.warm, fd, offset, end - offset, alone=True)
             try:
                 sent = await self._channel.send_file(fd, offset, end - offset, head)
             except SendfileUnavailable:
-                if offset:  # part of the body went out: copying from the start would corrupt it
+                if offset > start:  # part of the body went out: copying it again would corrupt it
                     raise ClientGone("sendfile refused in the middle of a file") from None
                 raise
             if sent < end - offset:
                 raise ClientGone("file shrank while being sent")
             offset, head = end, b""
 
-    async def _copy_file(self, fd: int, size: int) -> None:
-        """Send `size` bytes of `fd`, one pool operation per chunk, pacing on the client."""
-        offset = 0
-        while offset < size:
-            count = min(COPY_CHUNK, size - offset)
+    async def _copy_file(self, fd: int, start: int, stop: int) -> None:
+        """Send bytes `start` to `stop` of `fd`, one pool operation per chunk, pacing on
+        the client."""
+        offset = start
+        while offset < stop:
+            count = min(COPY_CHUNK, stop - offset)
             data = await self._pool.run_to_end(os.pread, fd, count, offset, alone=True)
             if not data:
                 # The file shrank behind the server's back (changed in place, not by a PUT):

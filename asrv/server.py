@@ -23,6 +23,7 @@ from asrv.channel import Channel
 from asrv.config import Config
 from asrv.connection import Connection, Services
 from asrv.errors import ExitStatus, FatalError, StartupError
+from asrv.etags import EtagStamper
 from asrv.locks import LockTable
 from asrv.logfile import LogFile
 from asrv.pool import WorkerPool
@@ -160,6 +161,7 @@ class Server:
             sink_fd=sink_fd,
             protected=log_file.identity,
             log_tag=log_file.tag,
+            stamper=EtagStamper.for_log(log_file.inode),
         )
         try:
             self._pool.start(settle=lambda: log.sync(log.last_seq))

@@ -10,6 +10,11 @@ O_NOFOLLOW: no path walking, no symlinks followed. Uploads go to a temp file who
 contains "_" and which no URI can spell; a PUT commits by renaming it, first to an intent
 name that carries its log line's end offset and the log's tag (".asrv~TAG~OFFSET~NAME", so
 recovery can tell whether the line made it to disk, and in which log), then over the target.
+A DELETE is write-ahead the same way: it renames the file to an intent name of its own
+(".asrv-deleted~TAG~OFFSET~NAME"), makes its line durable, then unlinks it.
+
+Each version a PUT writes is stamped with its ETag (`etags`) before it takes the target's
+place. HEAD, ranges and conditional requests read it back; a plain GET never pays for it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import stat
 from dataclasses import dataclass
 
 from asrv.auditlog import AuditLog
+from asrv.conditions import Conditions, ReadOutcome, Span, decide_read, write_allowed
 from asrv.errors import FatalError
+from asrv.etags import EtagStamper, current_etag
 from asrv.http import RequestLine, Status
 from asrv.locks import LockTable
 
@@ -34,6 +41,7 @@ WARM_SLICE = 1024 * 1024
 
 UPLOAD_PREFIX = ".asrv_upload_"
 COMMIT_PREFIX = ".asrv~"
+DELETE_PREFIX = ".asrv-deleted~"
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _UPLOAD_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -46,23 +54,33 @@ FileIdentity = tuple[int, int]
 
 @dataclass(slots=True)
 class GetResult:
-    """A GET's outcome: its status and log position, and what to send.
+    """A GET's or HEAD's outcome: its status and log position, and what to send.
 
-    For a 200, either `body` holds the whole file, or `fd` is open on the snapshot the
-    log line refers to and `size` bytes are to be streamed from it.
+    Either `body` holds what to send (the file, its range, or a fixed body), or `fd` is
+    open on the snapshot the log line refers to and `count` bytes from `offset` are to be
+    streamed from it. `etag` is the version's when the request needs it, `file_size` the
+    whole file's (a HEAD's Content-Length, a 416's Content-Range), `span` a 206's range.
     """
 
     status: Status
     seq: int
     body: bytes
     fd: int | None = None
-    size: int = 0
+    offset: int = 0
+    count: int = 0
+    etag: str | None = None
+    file_size: int = 0
+    span: Span | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class PutResult:
+class WriteResult:
+    """A PUT's or DELETE's outcome. `etag`, for a conditional request, is the current
+    version's: the one a PUT wrote, or the one that failed a 412."""
+
     status: Status
     seq: int
+    etag: str | None = None
 
 
 @dataclass(slots=True)
@@ -83,6 +101,11 @@ def commit_name(log_tag: str, end_offset: int, filename: str) -> str:
     return f"{COMMIT_PREFIX}{log_tag}~{end_offset}~{filename}"
 
 
+def delete_name(log_tag: str, end_offset: int, filename: str) -> str:
+    """Where a DELETE moves its file until its line is durable."""
+    return f"{DELETE_PREFIX}{log_tag}~{end_offset}~{filename}"
+
+
 class Store:
     def __init__(
         self,
@@ -94,11 +117,14 @@ class Store:
         sink_fd: int,
         protected: FileIdentity | None = None,
         log_tag: str = "-",
+        stamper: EtagStamper | None = None,
     ) -> None:
         """`sink_fd` is open for writing on /dev/null: `warm` reads files into it.
-        `log_tag` names the log in intent names (`LogFile.tag`)."""
+        `log_tag` names the log in intent names (`LogFile.tag`); `stamper` gives new
+        versions their ETags."""
         self._root = root_fd
         self._log_tag = log_tag
+        self._stamper = stamper or EtagStamper.for_run()
         self._sink = sink_fd
         self.log = log
         self._locks = locks
@@ -109,9 +135,17 @@ class Store:
         """Log a request that does no file work (a 400, 501 or 505); returns its seq."""
         return self.log.append(log_entry(line, status, request_id))
 
-    def get(self, line: RequestLine, request_id: str) -> GetResult:
+    def get(
+        self,
+        line: RequestLine,
+        request_id: str,
+        conditions: Conditions | None = None,
+        head: bool = False,
+    ) -> GetResult:
+        """A GET's (or, with `head`, a HEAD's) critical step under the read lock: open the
+        file, decide its conditions, log the outcome."""
         with self._locks.read(line.filename):
-            result = self._open_for_get(line.filename)
+            result = self._open_for_get(line.filename, conditions, head)
             try:
                 result.seq = self.log.append(log_entry(line, result.status, request_id))
             except BaseException:
@@ -152,20 +186,32 @@ class Store:
         with contextlib.suppress(OSError):
             os.unlink(upload.name, dir_fd=self._root)
 
-    def put_body(self, line: RequestLine, request_id: str, body: bytes) -> PutResult:
+    def put_body(
+        self,
+        line: RequestLine,
+        request_id: str,
+        body: bytes,
+        conditions: Conditions | None = None,
+    ) -> WriteResult:
         """A whole PUT in one job: for bodies that arrived in full already."""
         try:
             upload = self.new_upload()
         except OSError:
-            return self._failed_put(line, request_id)
+            return self._failed_write(line, request_id)
         try:
             self.write_upload(upload, body)
         except OSError:
             self.abandon(upload)
-            return self._failed_put(line, request_id)
-        return self.put(line, request_id, upload)
+            return self._failed_write(line, request_id)
+        return self.put(line, request_id, upload, conditions)
 
-    def put(self, line: RequestLine, request_id: str, upload: Upload) -> PutResult:
+    def put(
+        self,
+        line: RequestLine,
+        request_id: str,
+        upload: Upload,
+        conditions: Conditions | None = None,
+    ) -> WriteResult:
         """Commit a fully written upload: the PUT's critical step, write-ahead.
 
         Returns once the PUT's line is durable and (for 200/201) its content is in place.
@@ -175,38 +221,73 @@ class Store:
                 os.fdatasync(upload.fd)
         except OSError:
             self.abandon(upload)
-            return self._failed_put(line, request_id)
-        self._close_upload(upload)
+            return self._failed_write(line, request_id)
+        installed = False
         try:
             with self._locks.write(line.filename):
-                status = self._status_for_put(line.filename)
+                status, etag = self._current_for_write(line.filename, conditions)
                 if status in (Status.OK, Status.CREATED):
-                    status, seq = self._install(line, request_id, status, upload.name)
+                    status, seq, etag = self._install(line, request_id, status, upload)
+                    installed = status is not Status.INTERNAL_ERROR
                 else:
                     seq = self.log.append(log_entry(line, status, request_id))
-        except FatalError:
-            # The log failed before the upload was renamed for its line (after that rename
-            # this unlink finds nothing, and recovery settles the committed temp).
-            with contextlib.suppress(OSError):
-                os.unlink(upload.name, dir_fd=self._root)
-            raise
-        if status not in (Status.OK, Status.CREATED):
-            with contextlib.suppress(OSError):
-                os.unlink(upload.name, dir_fd=self._root)
-        return PutResult(status, seq)
+        finally:
+            # The upload's own name is gone once it is renamed for its line (recovery
+            # settles that name if the log failed meanwhile); otherwise remove it.
+            if installed:
+                self._close_upload(upload)
+            else:
+                self.abandon(upload)
+        return WriteResult(status, seq, etag if conditions is not None else None)
+
+    def delete(
+        self, line: RequestLine, request_id: str, conditions: Conditions | None = None
+    ) -> WriteResult:
+        """A DELETE's critical step, write-ahead: the file leaves its name for an intent
+        name, the line becomes durable, and only then is the file gone for good."""
+        filename = line.filename
+        with self._locks.write(filename):
+            status, etag = self._current_for_write(filename, conditions)
+            if status is Status.CREATED:
+                status = Status.NOT_FOUND  # nothing to delete (conditions never apply)
+            if status is not Status.OK:
+                seq = self.log.append(log_entry(line, status, request_id))
+                return WriteResult(status, seq, etag)
+            reservation = self.log.reserve(log_entry(line, status, request_id))
+            doomed = delete_name(self._log_tag, reservation.end_offset, filename)
+            try:
+                os.rename(filename, doomed, src_dir_fd=self._root, dst_dir_fd=self._root)
+            except OSError:
+                failed = log_entry(line, Status.INTERNAL_ERROR, request_id)
+                self.log.fill(reservation, failed, dir_sync=False)
+                return WriteResult(Status.INTERNAL_ERROR, reservation.seq)
+            self.log.fill(reservation, log_entry(line, status, request_id), dir_sync=True)
+            # Write-ahead: the line, and the rename it names, are durable before the file
+            # is gone; until the unlink, recovery can still tell that the DELETE happened.
+            self.log.sync(reservation.seq)
+        # Outside the lock: the name is free already, and freeing a large file's blocks
+        # can take long.
+        try:
+            os.unlink(doomed, dir_fd=self._root)
+        except OSError as error:
+            raise FatalError(f"cannot finish logged DELETE {line.uri}: {error}") from error
+        return WriteResult(status, reservation.seq)
 
     def _install(
-        self, line: RequestLine, request_id: str, status: Status, staged: str
-    ) -> tuple[Status, int]:
-        """Under the write lock: log the PUT write-ahead, then swap its content in."""
+        self, line: RequestLine, request_id: str, status: Status, upload: Upload
+    ) -> tuple[Status, int, str | None]:
+        """Under the write lock: stamp the new version with its ETag, log the PUT
+        write-ahead, then swap its content in."""
         reservation = self.log.reserve(log_entry(line, status, request_id))
         committed = commit_name(self._log_tag, reservation.end_offset, line.filename)
         try:
-            os.rename(staged, committed, src_dir_fd=self._root, dst_dir_fd=self._root)
+            # Stamped before it is renamed for its line: recovery installs it as it is.
+            etag = self._stamper.stamp(upload.fd, reservation.end_offset)
+            os.rename(upload.name, committed, src_dir_fd=self._root, dst_dir_fd=self._root)
         except OSError:
             failed = log_entry(line, Status.INTERNAL_ERROR, request_id)
             self.log.fill(reservation, failed, dir_sync=False)
-            return Status.INTERNAL_ERROR, reservation.seq
+            return Status.INTERNAL_ERROR, reservation.seq, None
         self.log.fill(reservation, log_entry(line, status, request_id), dir_sync=True)
         # Write-ahead: the line, and the renamed temp it names, are durable before the new
         # content takes the target's place.
@@ -217,7 +298,7 @@ class Store:
             # The log already says this PUT happened: only recovery can make the files
             # agree with it again, so stop rather than answer against the log.
             raise FatalError(f"cannot install logged PUT {line.uri}: {error}") from error
-        return status, reservation.seq
+        return status, reservation.seq, etag
 
     @staticmethod
     def _close_upload(upload: Upload) -> None:
@@ -228,58 +309,130 @@ class Store:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def _failed_put(self, line: RequestLine, request_id: str) -> PutResult:
+    def _failed_write(self, line: RequestLine, request_id: str) -> WriteResult:
         """A PUT whose upload failed (ENOSPC, EIO): 500, nothing changed."""
-        return PutResult(
+        return WriteResult(
             Status.INTERNAL_ERROR, self.record(line, Status.INTERNAL_ERROR, request_id)
         )
 
-    def _open_for_get(self, filename: str) -> GetResult:
+    def _open_for_get(self, filename: str, conditions: Conditions | None, head: bool) -> GetResult:
         try:
             fd = os.open(filename, _READ_FLAGS, dir_fd=self._root)
         except FileNotFoundError:
             return GetResult(Status.NOT_FOUND, 0, Status.NOT_FOUND.body)
         except OSError as error:
-            return self._error_result(error)
+            return _error_result(error)
         try:
             info = os.fstat(fd)
             if not self._may_serve(info):
                 os.close(fd)
                 return GetResult(Status.FORBIDDEN, 0, Status.FORBIDDEN.body)
-            if info.st_size > SMALL_FILE:
-                return GetResult(Status.OK, 0, b"", fd, info.st_size)
-            body = _read_whole(fd, info.st_size)
+            if conditions is None and not head:
+                result = GetResult(Status.OK, 0, b"", count=info.st_size)  # a plain GET
+            else:
+                result = _decide_get(fd, info, conditions, head)
+            if result.count > SMALL_FILE:
+                result.fd = fd  # streamed from this snapshot, after the lock
+                return result
+            if result.count:
+                result.body = _read_span(fd, result.offset, result.count)
         except OSError as error:
             os.close(fd)
-            return self._error_result(error)
+            return _error_result(error)
         os.close(fd)
-        return GetResult(Status.OK, 0, body)
+        return result
 
-    def _status_for_put(self, filename: str) -> Status:
+    def _current_for_write(
+        self, filename: str, conditions: Conditions | None
+    ) -> tuple[Status, str | None]:
+        """Under the write lock: what a PUT of `filename` would get (201 if absent, 200 if
+        present, 403, 500), or 412 if its conditions fail; and the current ETag, when the
+        conditions needed it."""
         try:
             info = os.stat(filename, dir_fd=self._root, follow_symlinks=False)
         except FileNotFoundError:
-            return Status.CREATED
+            if write_allowed(conditions, None):
+                return Status.CREATED, None
+            return Status.PRECONDITION_FAILED, None
         except OSError as error:
-            return Status.FORBIDDEN if error.errno in _FORBIDDEN_ERRNOS else Status.INTERNAL_ERROR
-        return Status.OK if self._may_serve(info) else Status.FORBIDDEN
+            return _error_status(error), None
+        if not self._may_serve(info):
+            return Status.FORBIDDEN, None
+        if conditions is None:
+            return Status.OK, None
+        try:
+            etag = self._etag_of(filename, info)
+        except OSError as error:
+            return _error_status(error), None
+        if not write_allowed(conditions, etag):
+            return Status.PRECONDITION_FAILED, etag
+        return Status.OK, etag
+
+    def _etag_of(self, filename: str, info: os.stat_result) -> str:
+        """The current ETag of a regular file found by `stat` under the write lock."""
+        fd = os.open(filename, _READ_FLAGS, dir_fd=self._root)
+        try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+                raise OSError(errno.ESTALE, "replaced behind the server's back")
+            return current_etag(fd, opened)
+        finally:
+            os.close(fd)
 
     def _may_serve(self, info: os.stat_result) -> bool:
         """A regular file that is not the audit log."""
         return stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) != self._protected
 
-    @staticmethod
-    def _error_result(error: OSError) -> GetResult:
-        status = Status.FORBIDDEN if error.errno in _FORBIDDEN_ERRNOS else Status.INTERNAL_ERROR
-        return GetResult(status, 0, status.body)
+
+def _decide_get(
+    fd: int, info: os.stat_result, conditions: Conditions | None, head: bool
+) -> GetResult:
+    """What a HEAD, or a GET with conditions or a range, of an existing file gets. The bytes
+    to send are `count` from `offset` (none but for a GET's 200 or 206)."""
+    etag = current_etag(fd, info)
+    size = info.st_size
+    decision = decide_read(conditions, etag, size, ranged=not head)
+    outcome = decision.outcome
+    if outcome is ReadOutcome.PRECONDITION_FAILED:
+        status = Status.PRECONDITION_FAILED
+        return GetResult(status, 0, status.body, etag=etag, file_size=size)
+    if outcome is ReadOutcome.NOT_MODIFIED:
+        return GetResult(Status.NOT_MODIFIED, 0, b"", etag=etag, file_size=size)
+    if outcome is ReadOutcome.UNSATISFIABLE:
+        status = Status.RANGE_NOT_SATISFIABLE
+        return GetResult(status, 0, status.body, etag=etag, file_size=size)
+    if head:
+        return GetResult(Status.OK, 0, b"", etag=etag, file_size=size)
+    span = decision.span
+    if span is None:
+        return GetResult(Status.OK, 0, b"", count=size, etag=etag, file_size=size)
+    return GetResult(
+        Status.PARTIAL_CONTENT,
+        0,
+        b"",
+        offset=span.first,
+        count=span.length,
+        etag=etag,
+        file_size=size,
+        span=span,
+    )
 
 
-def _read_whole(fd: int, size: int) -> bytes:
-    """Read up to `size` bytes from the start of `fd` (less if the file shrank meanwhile)."""
+def _error_status(error: OSError) -> Status:
+    return Status.FORBIDDEN if error.errno in _FORBIDDEN_ERRNOS else Status.INTERNAL_ERROR
+
+
+def _error_result(error: OSError) -> GetResult:
+    status = _error_status(error)
+    return GetResult(status, 0, status.body)
+
+
+def _read_span(fd: int, offset: int, count: int) -> bytes:
+    """Read up to `count` bytes of `fd` from `offset` (less if the file shrank meanwhile)."""
     parts: list[bytes] = []
-    offset = 0
-    while offset < size:
-        chunk = os.pread(fd, size - offset, offset)
+    end = offset + count
+    while offset < end:
+        chunk = os.pread(fd, end - offset, offset)
         if not chunk:
             break
         parts.append(chunk)

@@ -20,9 +20,10 @@ import asyncio
 from collections.abc import Callable
 
 from asrv.budget import ReadBudget
+from asrv.conditions import Conditions
 from asrv.http import RequestLine
 from asrv.pool import WorkerPool
-from asrv.store import PutResult, Store, Upload
+from asrv.store import Store, Upload, WriteResult
 
 CHUNK = 256 * 1024
 """Body bytes gathered before one write to the temp file."""
@@ -62,8 +63,12 @@ class UploadBody:
         self._raise_failure()
 
     async def commit(
-        self, line: RequestLine, request_id: str, handing_over: Callable[[], None]
-    ) -> PutResult:
+        self,
+        line: RequestLine,
+        request_id: str,
+        conditions: Conditions | None,
+        handing_over: Callable[[], None],
+    ) -> WriteResult:
         """The PUT's critical step, with the whole body received. `handing_over()` is
         called as the store takes the temp file: from then on the store owns it and logs
         the request, whatever happens. Before that, OSError if the body could not be
@@ -78,10 +83,16 @@ class UploadBody:
             if upload is None:
                 body = self._take_held()
                 return await self._pool.run(
-                    self._store.put_body, line, request_id, body, durable=True, alone=True
+                    self._store.put_body,
+                    line,
+                    request_id,
+                    body,
+                    conditions,
+                    durable=True,
+                    alone=True,
                 )
             return await self._pool.run(
-                self._store.put, line, request_id, upload, durable=True, alone=True
+                self._store.put, line, request_id, upload, conditions, durable=True, alone=True
             )
 
     async def abandon(self) -> None:

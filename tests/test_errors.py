@@ -88,6 +88,7 @@ _DEFAULT_ANSWERS: dict[bytes, tuple[bytes, str | None]] = {
     b"GET /a HTTP/1.1\r\nHost: \r\n\r\n": (NOT_FOUND, "GET,/a,404,0"),
     b"GET /a HTTP/1.1\r\nHost: " + b"x" * 129 + b"\r\n\r\n": (NOT_FOUND, "GET,/a,404,0"),
     b"GET /a HTTP/1.1\r\n" + b"k" * 129 + b": v\r\n\r\n": (NOT_FOUND, "GET,/a,404,0"),
+    b"DELETE /a HTTP/1.1\r\nRequest-Id: 5\r\n\r\n": (NOT_FOUND, "DELETE,/a,404,5"),
 }
 DEFAULT_CASES = [
     (request, *_DEFAULT_ANSWERS.get(request, (expected, line)))

@@ -625,7 +625,7 @@ def test_trace_shows_each_response_after_its_fdatasync(
                 elif kind == 2:
                     answer = await get(server.port, "big", rid)
                 else:
-                    head = f"DELETE /f{i} HTTP/1.1\r\nRequest-Id: {rid}\r\n\r\n"
+                    head = f"BREW /f{i} HTTP/1.1\r\nRequest-Id: {rid}\r\n\r\n"
                     answer = await exchange(server.port, head.encode())
                 codes[rid] = split_response(answer)[0]
 

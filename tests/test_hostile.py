@@ -326,7 +326,7 @@ TEMPLATES = [
     b"PUT /b HTTP/1.1\r\nContent-Length: 5\r\nRequest-Id: 2\r\n\r\nhello",
     b"GET /missing HTTP/1.1\r\nConnection: close\r\n\r\n",
     b"PUT /c HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
-    b"DELETE /a HTTP/1.0\r\nHost: x\r\n\r\n",
+    b"DELETE /b HTTP/1.0\r\nHost: x\r\n\r\n",
 ]
 
 

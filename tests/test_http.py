@@ -1105,13 +1105,20 @@ def test_501_waited_on_for_a_100_closes_without_the_body(extra: tuple[str, ...])
 
 
 @pytest.mark.parametrize("headers", [(), ("Content-Length: 0",), ("Connection: close",)])
-def test_501_to_head_closes(headers: tuple[str, ...]) -> None:
+def test_course_501_to_head_closes(headers: tuple[str, ...]) -> None:
     # A client reads a response to HEAD without its body: the 501's body would be taken
     # for the start of the next response, so the connection ends after it.
-    error = parse_error(head("HEAD /a HTTP/1.1", *headers))
+    error = parse_error(head("HEAD /a HTTP/1.1", *headers), COURSE)
     assert error.status is Status.NOT_IMPLEMENTED
     assert error.body_length is None
     assert error.persistence.persists is False
+
+
+@pytest.mark.parametrize("method", [Method.GET, Method.PUT, Method.HEAD, Method.DELETE])
+def test_default_grammar_serves_four_methods(method: Method) -> None:
+    request = parse_head(head(f"{method.value} /a HTTP/1.1", "Content-Length: 0"))
+    assert request.method is method
+    assert request.conditions is None
 
 
 @pytest.mark.parametrize(
@@ -1644,14 +1651,22 @@ def test_course_reader_does_not_skip_empty_lines() -> None:
 # --- responses, byte-exact (SPEC §4) -------------------------------------------------------
 
 
+FIXED_STATUSES = [s for s in Status if s not in (Status.PARTIAL_CONTENT, Status.NOT_MODIFIED)]
+"""Statuses with a fixed body: not a 206 (a range of a file) or a 304 (no body)."""
 FIXED = {
     Status.OK: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nOK\n",
     Status.CREATED: b"HTTP/1.1 201 Created\r\nContent-Length: 8\r\n\r\nCreated\n",
     Status.BAD_REQUEST: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\n\r\nBad Request\n",
     Status.FORBIDDEN: b"HTTP/1.1 403 Forbidden\r\nContent-Length: 10\r\n\r\nForbidden\n",
     Status.NOT_FOUND: b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\n\r\nNot Found\n",
+    Status.PRECONDITION_FAILED: (
+        b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 20\r\n\r\nPrecondition Failed\n"
+    ),
     Status.PAYLOAD_TOO_LARGE: (
         b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 18\r\n\r\nPayload Too Large\n"
+    ),
+    Status.RANGE_NOT_SATISFIABLE: (
+        b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Length: 22\r\n\r\nRange Not Satisfiable\n"
     ),
     Status.INTERNAL_ERROR: (
         b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 22\r\n\r\nInternal Server Error\n"
@@ -1678,9 +1693,17 @@ FIXED_CLOSE = {
     Status.NOT_FOUND: (
         b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nNot Found\n"
     ),
+    Status.PRECONDITION_FAILED: (
+        b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 20\r\nConnection: close\r\n\r\n"
+        b"Precondition Failed\n"
+    ),
     Status.PAYLOAD_TOO_LARGE: (
         b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 18\r\nConnection: close\r\n\r\n"
         b"Payload Too Large\n"
+    ),
+    Status.RANGE_NOT_SATISFIABLE: (
+        b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Length: 22\r\nConnection: close\r\n"
+        b"\r\nRange Not Satisfiable\n"
     ),
     Status.INTERNAL_ERROR: (
         b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 22\r\nConnection: close\r\n\r\n"
@@ -1699,23 +1722,25 @@ FIXED_CLOSE = {
 
 def test_status_table_is_exactly_the_spec() -> None:
     # The statuses asrv.http sends, including 413 for the optional --max-body limit.
-    assert {int(s) for s in Status} == {200, 201, 400, 403, 404, 413, 500, 501, 505}
-    assert set(FIXED) == set(Status)
-    assert set(FIXED_CLOSE) == set(Status)
+    assert {int(s) for s in Status} == {
+        *(200, 201, 206, 304, 400, 403, 404, 412, 413, 416, 500, 501, 505)
+    }
+    assert set(FIXED) == set(FIXED_STATUSES)
+    assert set(FIXED_CLOSE) == set(FIXED_STATUSES)
 
 
-@pytest.mark.parametrize("status", list(Status))
+@pytest.mark.parametrize("status", FIXED_STATUSES)
 def test_fixed_response(status: Status) -> None:
     assert fixed_response(status) == FIXED[status]
     assert fixed_response(status, b"") == FIXED[status]
 
 
-@pytest.mark.parametrize("status", list(Status))
+@pytest.mark.parametrize("status", FIXED_STATUSES)
 def test_fixed_response_with_close(status: Status) -> None:
     assert fixed_response(status, b"Connection: close\r\n") == FIXED_CLOSE[status]
 
 
-@pytest.mark.parametrize("status", list(Status))
+@pytest.mark.parametrize("status", FIXED_STATUSES)
 def test_response_head_matches_fixed_response(status: Status) -> None:
     expected = FIXED[status]
     split = expected.index(HEAD_END) + len(HEAD_END)
@@ -1723,7 +1748,7 @@ def test_response_head_matches_fixed_response(status: Status) -> None:
     assert status.body == expected[split:]
 
 
-@pytest.mark.parametrize("status", list(Status))
+@pytest.mark.parametrize("status", FIXED_STATUSES)
 def test_response_head_with_close_matches_fixed_response(status: Status) -> None:
     expected = FIXED_CLOSE[status]
     split = expected.index(HEAD_END) + len(HEAD_END)

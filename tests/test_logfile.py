@@ -37,7 +37,7 @@ def test_stderr_redirected_to_a_file_is_recovered(
     tagged_intent(site, 13, "a").write_bytes(b"logged")
     server, log = start_with_log_on_stderr(spawn_server, site)
     try:
-        assert "redid 1 logged PUTs" in server.earlier_lines[0]
+        assert "redid 1 logged PUTs and DELETEs" in server.earlier_lines[0]
         assert "cut 9 bytes" in server.earlier_lines[0]
         assert split_response(asyncio.run(get(server.port, "a", 2))) == (200, b"logged")
         assert server.stop() == 0
