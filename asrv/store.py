@@ -247,9 +247,7 @@ class Store:
         name, the line becomes durable, and only then is the file gone for good."""
         filename = line.filename
         with self._locks.write(filename):
-            status, etag = self._current_for_write(filename, conditions)
-            if status is Status.CREATED:
-                status = Status.NOT_FOUND  # nothing to delete (conditions never apply)
+            status, etag = self._current_for_write(filename, conditions, creates=False)
             if status is not Status.OK:
                 seq = self.log.append(log_entry(line, status, request_id))
                 return WriteResult(status, seq, etag)
@@ -343,14 +341,17 @@ class Store:
         return result
 
     def _current_for_write(
-        self, filename: str, conditions: Conditions | None
+        self, filename: str, conditions: Conditions | None, *, creates: bool = True
     ) -> tuple[Status, str | None]:
-        """Under the write lock: what a PUT of `filename` would get (201 if absent, 200 if
-        present, 403, 500), or 412 if its conditions fail; and the current ETag, when the
-        conditions needed it."""
+        """Under the write lock: what a PUT (`creates`) or DELETE of `filename` gets before
+        its effect: 201 (absent, for a PUT) or 404 (for a DELETE), 200 (present), 403, 500,
+        or 412 when its conditions fail; and the current ETag when the conditions needed it.
+        Preconditions apply only where the plain request would succeed (RFC 9110 §13.2.1)."""
         try:
             info = os.stat(filename, dir_fd=self._root, follow_symlinks=False)
         except FileNotFoundError:
+            if not creates:
+                return Status.NOT_FOUND, None
             if write_allowed(conditions, None):
                 return Status.CREATED, None
             return Status.PRECONDITION_FAILED, None

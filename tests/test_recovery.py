@@ -15,9 +15,10 @@ import pytest
 
 from asrv import Config
 from asrv.errors import ExitStatus, StartupError
+from asrv.etags import EtagStamper, current_etag
 from asrv.logfile import LogFile
 from asrv.recovery import RecoveryReport, recover
-from tests.conftest import Process, ServerFactory, Site, get, put, split_response
+from tests.conftest import Process, ServerFactory, Site, exchange, get, put, split_response
 
 
 def body_for(request_id: str) -> bytes:
@@ -138,12 +139,18 @@ async def test_server_recovers_before_listening(site: Site, running_server: Serv
 
 
 def replay(log_lines: list[str]) -> dict[str, bytes]:
+    """The files the log says exist, and their contents; each status must be the one a
+    single-threaded server would have given."""
     files: dict[str, bytes] = {}
     for line in log_lines:
         method, uri, status, request_id = line.split(",")
-        if method == "PUT" and status in ("200", "201"):
-            assert status == ("200" if uri[1:] in files else "201"), line
-            files[uri[1:]] = body_for(request_id)
+        name = uri[1:]
+        if method == "PUT":
+            assert status == ("200" if name in files else "201"), line
+            files[name] = body_for(request_id)
+        elif method == "DELETE":
+            assert status == ("200" if name in files else "404"), line
+            files.pop(name, None)
     return files
 
 
@@ -173,6 +180,8 @@ def test_kill_9_under_load_then_restart(
                     try:
                         if j % 3 == 0:
                             answer = await get(port, name, rid)
+                        elif j % 5 == 4:
+                            answer = await delete(port, name, rid)
                         else:
                             answer = await put(port, name, body_for(rid), rid)
                     except (ConnectionError, asyncio.IncompleteReadError):
@@ -215,10 +224,19 @@ def test_kill_9_under_load_then_restart(
         method, uri, _, rid = line.split(",")
         if method == "PUT":
             files[uri] = body_for(rid)
+        elif method == "DELETE":
+            files.pop(uri, None)
         elif rid in acknowledged:
             expected = (200, files[uri]) if uri in files else (404, b"Not Found\n")
             assert acknowledged[rid] == expected, line
     assert len(acknowledged) > rounds * 10, "the load did not get going"
+    assert any(line.startswith("DELETE") and ",200," in line for line in lines)
+
+
+async def delete(port: int, name: str, request_id: str) -> bytes:
+    return await exchange(
+        port, f"DELETE /{name} HTTP/1.1\r\nRequest-Id: {request_id}\r\n\r\n".encode()
+    )
 
 
 def test_a_logged_put_with_a_long_request_id_is_redone(site: Site) -> None:
@@ -237,3 +255,63 @@ def test_the_log_under_an_upload_name_in_the_root_is_never_removed(site: Site) -
     report = recover_dir(site.root, log)
     assert report == RecoveryReport(removed=1, strays=(".asrv_upload_log",))
     assert log.read_bytes() == b"GET,/x,404,1\n"
+
+
+def deletion_intent(site: Site, offset: int, name: str) -> Path:
+    """The path a DELETE moves `name` to until its line, ending at `offset`, is durable."""
+    site.log.touch()
+    return site.root / f".asrv-deleted~{os.stat(site.log).st_ino:x}~{offset}~{name}"
+
+
+def test_a_logged_delete_is_finished_and_an_unlogged_one_undone(site: Site) -> None:
+    lines = b"PUT,/a,201,1\nDELETE,/a,200,2\n"
+    site.log.write_bytes(lines)
+    deletion_intent(site, len(lines), "a").write_bytes(b"a")  # logged: the file goes
+    deletion_intent(site, len(lines) + 16, "b").write_bytes(b"b")  # never logged: it stays
+    report = recover_dir(site.root, site.log)
+    assert report == RecoveryReport(redone=1, restored=1)
+    assert sorted(p.name for p in site.root.iterdir()) == ["b"]
+    assert (site.root / "b").read_bytes() == b"b"
+    assert not recover_dir(site.root, site.log)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [b"DELETE,/a,404,1\n", b"DELETE,/b,200,1\n", b"PUT,/a,200,1\n"],
+    ids=["not-a-deleting-status", "another-file", "another-method"],
+)
+def test_a_deletion_intent_the_log_does_not_explain_stops_the_start(
+    site: Site, lines: bytes
+) -> None:
+    site.log.write_bytes(lines)
+    debris = deletion_intent(site, len(lines), "a")
+    debris.write_bytes(b"?")
+    with pytest.raises(StartupError, match="does not match"):
+        recover_dir(site.root, site.log)
+    assert debris.read_bytes() == b"?"
+
+
+def test_an_unlogged_delete_is_not_undone_over_another_file(site: Site) -> None:
+    site.log.write_bytes(b"")
+    deletion_intent(site, 20, "a").write_bytes(b"deleted")
+    (site.root / "a").write_bytes(b"unexplained")
+    with pytest.raises(StartupError, match="the name is taken"):
+        recover_dir(site.root, site.log)
+    assert (site.root / "a").read_bytes() == b"unexplained"
+
+
+def test_a_redone_put_keeps_the_etag_it_was_stamped_with(site: Site) -> None:
+    site.log.write_bytes(b"PUT,/a,201,1\n")
+    staged = intent(site, 13, "a")
+    staged.write_bytes(b"stamped")
+    fd = os.open(staged, os.O_RDONLY)
+    try:
+        etag = EtagStamper.for_log(os.stat(site.log).st_ino).stamp(fd, 13)
+    finally:
+        os.close(fd)
+    assert recover_dir(site.root, site.log) == RecoveryReport(redone=1)
+    fd = os.open(site.root / "a", os.O_RDONLY)
+    try:
+        assert current_etag(fd, os.fstat(fd)) == etag
+    finally:
+        os.close(fd)
