@@ -265,10 +265,14 @@ def uri_names(count: int) -> list[str]:
     return [f"/load-{number}" for number in range(count)]
 
 
-def body_for(request_id: str, length: int) -> bytes:
-    """The body of the PUT with this id: sha256(id) repeated to `length` bytes."""
+def body_for(request_id: str, length: int, start: int = 0) -> bytes:
+    """The body of the PUT with this id: sha256(id) repeated to `length` bytes; from byte
+    `start` on when given (without making the bytes before it: the checker reads ranges)."""
     block = hashlib.sha256(request_id.encode()).digest()
-    return (block * (length // len(block) + 1))[:length]
+    offset = start % len(block)
+    block = block[offset:] + block[:offset]
+    count = max(0, length - start)
+    return (block * (count // len(block) + 1))[:count]
 
 
 def log_uniform(rng: random.Random, low: int, high: int) -> int:

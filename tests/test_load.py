@@ -24,6 +24,7 @@ from asrv.load import (
     PlannedRequest,
     Stall,
     Summary,
+    body_for,
     parse_response_head,
     request_head,
     run_load,
@@ -323,3 +324,9 @@ def test_response_head_says_whether_the_server_closes() -> None:
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive, CLOSE\r\n\r\n"
     )
     assert (head.status, head.length, head.close) == (200, 2, True)
+
+
+def test_a_body_from_an_offset_is_the_tail_of_the_whole_body() -> None:
+    for length in (0, 1, 31, 32, 33, 1000):
+        for start in (0, 1, 31, 32, 33, 999, 1000, 5000):
+            assert body_for("run-7", length, start) == body_for("run-7", length)[start:]
