@@ -594,6 +594,8 @@ def _apply(line: LogLine, request: Request, model: _Model) -> Problem | None:
     if line.status in NO_EFFECT:
         if answered and request.etag is not None:
             return "unexpected-etag", f"a {line.status} carries ETag {request.etag}"
+        if line.method == "HEAD":
+            return _head_problem(line, request, model) if answered else None
         return _fixed_body_problem(line.status, request.response)
     _settle(line, request, model)
     writes = line.method == "PUT" and line.status != 412

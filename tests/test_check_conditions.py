@@ -317,6 +317,16 @@ def test_a_head_with_the_wrong_length(run: Scenario) -> None:
     assert_rejected(run.check(), "wrong-length", "Content-Length 12", "model gives 11")
 
 
+def test_a_head_refused_declares_the_length_of_the_refusal_and_has_no_body(
+    run: Scenario,
+) -> None:
+    run.send("HEAD", "/a", 403)
+    run.send("HEAD", "/a", 401)
+    assert_passes(run.check())
+    run.records[-1]["content_length"] = 10
+    assert_rejected(run.check(), "wrong-length", "request r1", "model gives 13")
+
+
 def test_a_304_with_a_length(run: Scenario) -> None:
     run.send("GET", "/a", 304, headers={"If-None-Match": "*"}, etag='"e0"', content_length=0)
     assert_rejected(run.check(), "wrong-length", "304")
