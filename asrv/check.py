@@ -632,9 +632,8 @@ def _status_problem(line: LogLine, request: Request, model: _Model) -> Problem |
         return _learn_from_status(line, request, model)
     kind = "stale-304" if line.status == 304 else "wrong-status"
     wanted = " or ".join(map(str, sorted(expected)))
-    return kind, f"got {line.status}, but the model gives {wanted}: the file was " + model.describe(
-        line.uri
-    )
+    why = f"got {line.status}, but the model gives {wanted}"
+    return kind, f"{why}: the file was {model.describe(line.uri)}"
 
 
 def _expected_statuses(
