@@ -4,17 +4,38 @@
     python -m asrv.check audit.log run.jsonl --final-dir ROOT
 
 With the log alone: every line ends with a newline and reads `METHOD,URI,STATUS,REQUEST-ID`
-as SPEC §3 and §4 allow (a status asrv sends, 413 included; a request id without a comma).
-With a history as well, the run's lines must be a linearization of what the clients saw:
+as SPEC §3, §4 and §6 allow (a status the method can get, `POSSIBLE`; a request id without a
+comma). With a history as well, the run's lines must be a linearization of what the clients
+saw:
 
 - replay: processing the lines in order against a single-threaded model of the files,
   starting from the history's initial contents (inferred from the first responses when the
-  history has none), reproduces every recorded status and response body (by sha256);
+  history has none), reproduces every recorded status and response: bodies by sha256, and
+  for HEAD, DELETE, Range and the conditions of SPEC §5.2 and §5.3 (history version 2) also
+  the declared Content-Length of a HEAD or 304, the Content-Range and bytes of a 206 and
+  the Content-Range of a 416;
+- ETags: the model knows which version of each file is current (the file as it was before
+  the run, or the one a PUT's line wrote) and learns each version's ETag from the responses
+  in log order. A response that names a version must name the current one by the ETag it
+  is known by; two ETags for one version (`etag-mismatch`) or one ETag for two versions, of
+  any files (`etag-collision`), are violations. A request's If-Match, If-None-Match and
+  If-Range tags are judged by what is known: a tag known to be another version's does not
+  match; one never seen before may (the server's outcome is accepted, and a match teaches
+  the model the current version's ETag); `*` matches any file that exists;
 - real time: when request A's response was complete before request B was sent, A's line
   comes first;
 - lines per request: exactly one for each request that got a response, at most one for a
   request that got none (its logged effect is then replayed too), none for an id the run
   never sent.
+
+The bytes of a 206 are checked where the model can know them: a version written by a PUT
+of `asrv.load` holds `body_for` its id (confirmed once per version against the recorded
+sha256), and a range of the whole file has the file's sha256; elsewhere (say, a file that
+was there before the run) its length and Content-Range are.
+
+The history is the JSON lines `asrv.load` writes (its module notes describe them): version
+1, of GETs and PUTs, or version 2, whose records add the condition and range headers sent
+and the response's ETag, Content-Range and declared Content-Length.
 
 Which lines are the run's: those from the first to the last line carrying one of the
 history's ids (the lines around them, say from other runs appending to the same log, are
@@ -24,7 +45,8 @@ log before the run). Any line in the run's part for an id the history lacks is a
 someone else used the server meanwhile, and the model cannot account for it.
 
 `--final-dir DIR` also compares the files in DIR, for every URI of the history, with the
-replay's final state (so it is meaningful for the last run on a root, once it is over).
+replay's final state, a deleted file included (so it is meaningful for the last run on a
+root, once it is over).
 
 Exit status: 0 when every check passes, 1 on a violation, 2 on bad input (an unreadable
 file, a malformed history, a bad command line).
@@ -45,35 +67,58 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from asrv.load import body_for
+
 PHRASES = {
     200: "OK",
     201: "Created",
+    206: "Partial Content",
+    304: "Not Modified",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
+    412: "Precondition Failed",
     413: "Payload Too Large",
+    416: "Range Not Satisfiable",
     500: "Internal Server Error",
     501: "Not Implemented",
+    503: "Service Unavailable",
     505: "Version Not Supported",
 }
-"""Every status asrv sends (SPEC §4, and 413 under `--max-body`); the body of each, but a
-GET's 200, is the phrase and a newline."""
+"""Every status asrv sends (SPEC §4.1); the body of each, but a GET's 200 and 206 and any 304,
+is the phrase and a newline."""
+FIXED_BODIES = {status: f"{phrase}\n".encode() for status, phrase in PHRASES.items()} | {304: b""}
 FIXED_BODY_SHA256 = {
-    status: hashlib.sha256(f"{phrase}\n".encode()).hexdigest() for status, phrase in PHRASES.items()
+    status: hashlib.sha256(body).hexdigest() for status, body in FIXED_BODIES.items()
 }
+NO_EFFECT = frozenset({400, 401, 403, 413, 500, 503, 505})
+"""Statuses that change no file and say nothing about one (503: cluster mode, not committed)."""
 POSSIBLE = {
-    "GET": {200, 400, 403, 404, 413, 500, 505},
-    "PUT": {200, 201, 400, 403, 413, 500, 505},
+    "GET": {200, 206, 304, 404, 412, 416} | NO_EFFECT,
+    "HEAD": {200, 304, 404, 412} | NO_EFFECT,
+    "PUT": {200, 201, 412} | NO_EFFECT,
+    "DELETE": {200, 404, 412} | NO_EFFECT,
 }
-"""The statuses each method can get (201 only creates, 404 only reads, 501 is for others)."""
-OTHER_METHODS_POSSIBLE = {400, 501, 505}
+"""The statuses each method can get (201 only creates, 404 only reads or deletes, 206 and 416
+only answer a GET's Range, 501 is for other methods)."""
+OTHER_METHODS_POSSIBLE = frozenset({400, 501, 505})
+CONDITION_HEADERS = frozenset({"If-Match", "If-None-Match", "Range", "If-Range"})
+"""The request headers a history records: those that make a request conditional or ranged."""
 
 # The id is the client's Request-Id as sent: visible ASCII, spaces and tabs, no comma, of
 # any length (the course's grammar caps it at 128; the default grammar only caps the head).
 LINE = re.compile(r"([a-zA-Z]{1,8}),(/[a-zA-Z0-9.-]{1,63}),([0-9]{3}),([\t -+\--~]*)")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+ENTITY_TAG = re.compile(r'(W/)?("[\x21\x23-\x7e\x80-\xff]*")')
+"""An entity tag of an If-Match or If-None-Match list (RFC 9110 §8.8.3), W/ when weak."""
+STRONG_TAG = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"')
+RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+"""The one Range form asrv serves: a single range of bytes (anything else gets the whole file)."""
+CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+)")
+UNSATISFIED_RANGE = re.compile(r"bytes \*/([0-9]+)")
 HISTORY_FORMAT = "asrv-history"
-HISTORY_VERSION = 1
+HISTORY_VERSIONS = (1, 2)
 DEFAULT_REPORT_LIMIT = 20
 
 
@@ -123,10 +168,18 @@ class Request(NamedTuple):
     complete: float | None
     status: int | None
     response: Content | None
+    headers: dict[str, str]
+    """The condition and range headers sent (`CONDITION_HEADERS`), by name."""
+    etag: str | None
+    """The response's ETag, as sent (quotes included)."""
+    content_range: str | None
+    content_length: int | None
+    """The response's declared Content-Length (a HEAD reads no body; a 304 declares none)."""
 
     def describe(self) -> str:
         outcome = "no response" if self.status is None else f"answered {self.status}"
-        return f"request {self.request_id} ({self.method} {self.uri}, {outcome})"
+        sent = "".join(f", {name}: {value}" for name, value in self.headers.items())
+        return f"request {self.request_id} ({self.method} {self.uri}{sent}, {outcome})"
 
 
 @dataclass(frozen=True)
@@ -197,7 +250,7 @@ def read_log(path: Path) -> tuple[list[LogLine], list[Violation]]:
     violations: list[Violation] = []
     for number, chunk in enumerate(chunks[:-1], start=1):
         match = LINE.fullmatch(chunk)
-        if match is None or int(match[3]) not in PHRASES:
+        if match is None or int(match[3]) not in POSSIBLE.get(match[1], OTHER_METHODS_POSSIBLE):
             violations.append(Violation("malformed-line", f"line {number}: {chunk[:160]!r}"))
             continue
         lines.append(LogLine(number, match[1], match[2], int(match[3]), match[4]))
@@ -243,7 +296,7 @@ def _parse_json(line: bytes, number: int) -> dict[str, Any]:
 def _parse_header(number: int, header: dict[str, Any]) -> dict[str, State]:
     if header.get("type") != "header" or header.get("format") != HISTORY_FORMAT:
         raise BadInput(f"history line {number}: not an {HISTORY_FORMAT} header")
-    if header.get("version") != HISTORY_VERSION:
+    if header.get("version") not in HISTORY_VERSIONS:
         version = header.get("version")
         raise BadInput(f"history line {number}: version {version!r} is not supported")
     initial = header.get("initial")
@@ -297,6 +350,20 @@ def _parse_request(record: dict[str, Any], number: int) -> Request:
         response = _content(
             record.get("response_sha256"), record.get("response_length"), "response", number
         )
+    headers: Any = record.get("headers") or {}
+    if type(headers) is not dict or not all(
+        name in CONDITION_HEADERS and type(value) is str for name, value in headers.items()
+    ):
+        raise bad("headers")
+    # Absent in version 1, and wherever the response had no such header.
+    etag, content_range = record.get("response_etag"), record.get("content_range")
+    content_length = record.get("content_length")
+    if type(etag) not in (str, type(None)):
+        raise bad("response_etag")
+    if type(content_range) not in (str, type(None)):
+        raise bad("content_range")
+    if content_length is not None and (type(content_length) is not int or content_length < 0):
+        raise bad("content_length")
     return Request(
         record["id"],
         record["method"],
@@ -306,6 +373,10 @@ def _parse_request(record: dict[str, Any], number: int) -> Request:
         complete,
         status,
         response,
+        headers,
+        etag,
+        content_range,
+        content_length,
     )
 
 
@@ -350,19 +421,116 @@ Problem = tuple[str, str]
 """What is wrong with one line: the kind of violation, and why."""
 
 
+class Version(NamedTuple):
+    """One version of a file: as it was before the run (no writer), or as a PUT's line wrote it."""
+
+    uri: str
+    writer: LogLine | None
+
+    def __str__(self) -> str:
+        if self.writer is None:
+            return f"{self.uri} as it was before the run"
+        return f"{self.uri} as written by line {self.writer.number} ({self.writer.request_id})"
+
+
 @dataclass
 class _Model:
-    """The single-threaded server: each file's state, and which line last wrote it."""
+    """The single-threaded server: each file's state, which line last wrote or deleted it, and
+    the ETag of each version as far as the responses have shown them."""
 
     files: dict[str, State]
+    requests: dict[str, Request]
     writers: dict[str, LogLine] = field(default_factory=dict)
+    etags: dict[Version, str] = field(default_factory=dict)
+    versions: dict[str, Version] = field(default_factory=dict)
+    """The version each known ETag names: the inverse of `etags`."""
+    derived: dict[str, bool] = field(default_factory=dict)
+    """Whether a PUT's recorded body is `body_for` its id, by request id (checked once)."""
 
     def state(self, uri: str) -> State:
         return self.files.get(uri, Unknown.ANYTHING)
 
+    def current(self, uri: str) -> Version | None:
+        """The file's current version; None when it is absent."""
+        if self.state(uri) is None:
+            return None
+        return Version(uri, self.writers.get(uri))
+
+    def size(self, uri: str) -> int | None:
+        """The file's length, when the model knows it."""
+        state = self.state(uri)
+        return state.length if isinstance(state, Content) else None
+
     def write(self, line: LogLine, content: Content | None) -> None:
         self.files[line.uri] = content
         self.writers[line.uri] = line
+
+    def delete(self, line: LogLine) -> None:
+        self.files[line.uri] = None
+        self.writers[line.uri] = line
+
+    def bind(self, version: Version, etag: str) -> Problem | None:
+        """Learn that `etag` names `version`, or say how that contradicts what is known."""
+        known = self.etags.get(version)
+        if known is not None:
+            if known == etag:
+                return None
+            return "etag-mismatch", f"ETag {etag} for {version}, which has ETag {known}"
+        owner = self.versions.get(etag)
+        if owner is not None:
+            return "etag-collision", f"ETag {etag} for {version}, but it names {owner}"
+        self.etags[version] = etag
+        self.versions[etag] = version
+        return None
+
+    def matches(self, value: str, uri: str, *, weak: bool) -> bool | None:
+        """Whether an If-Match (strong comparison) or If-None-Match (weak) value matches the
+        file's current version; None when the model cannot tell: the version's ETag is not
+        known yet and the value lists a tag that names no known version."""
+        version = self.current(uri)
+        if version is None:
+            return False
+        if value.strip() == "*":
+            return True
+        tags = _listed_tags(value, weak=weak)
+        etag = self.etags.get(version)
+        if etag is not None:
+            return etag in tags
+        return None if any(tag not in self.versions for tag in tags) else False
+
+    def if_range_matches(self, value: str, uri: str) -> bool | None:
+        """Whether an If-Range value is the current version's strong ETag (a date never is)."""
+        if STRONG_TAG.fullmatch(value.strip()) is None:
+            return False
+        return self.matches(value, uri, weak=False)
+
+    def learn_match(self, value: str, uri: str, *, weak: bool) -> Problem | None:
+        """The server took `value` as matching the current version: when the model could not
+        tell and the value lists a single unknown tag, that tag is the version's ETag."""
+        version = self.current(uri)
+        if version is None or version in self.etags or value.strip() == "*":
+            return None
+        unknown = {tag for tag in _listed_tags(value, weak=weak) if tag not in self.versions}
+        return self.bind(version, unknown.pop()) if len(unknown) == 1 else None
+
+    def range_sha256(self, uri: str, first: int, last: int) -> str | None:
+        """sha256 of the current version's bytes first..last, when the model can know them:
+        a PUT of `asrv.load` wrote `body_for` its id, and any whole file has its sha256."""
+        state = self.state(uri)
+        if isinstance(state, Content) and (first, last) == (0, state.length - 1):
+            return state.sha256
+        writer = self.writers.get(uri)
+        if writer is None or not self._derived(writer.request_id):
+            return None
+        return hashlib.sha256(body_for(writer.request_id, last + 1, first)).hexdigest()
+
+    def _derived(self, request_id: str) -> bool:
+        derived = self.derived.get(request_id)
+        if derived is None:
+            body = self.requests[request_id].body
+            derived = body is not None and body == _derived_content(request_id, body.length)
+            self.derived[request_id] = derived
+        return derived
 
     def describe(self, uri: str) -> str:
         """The file's state and where it comes from, for a report."""
@@ -370,16 +538,32 @@ class _Model:
         origin = (
             "the initial state" if writer is None else f"line {writer.number} ({writer.request_id})"
         )
-        state = self.state(uri)
-        if state is None:
+        version = self.current(uri)
+        if version is None:
             return f"absent (as of {origin})"
-        return f"{_describe(state)}, written by {origin}"
+        etag = self.etags.get(version)
+        known = "" if etag is None else f", ETag {etag}"
+        return f"{_describe(self.state(uri))}, written by {origin}{known}"
+
+
+def _listed_tags(value: str, *, weak: bool) -> set[str]:
+    """The entity tags (quoted) a list names; weak ones only for a weak comparison."""
+    tags = set()
+    for member in value.split(","):
+        match = ENTITY_TAG.fullmatch(member.strip())
+        if match is not None and (weak or match[1] is None):
+            tags.add(match[2])
+    return tags
+
+
+def _derived_content(request_id: str, length: int) -> Content:
+    return Content(hashlib.sha256(body_for(request_id, length)).hexdigest(), length)
 
 
 def replay(lines: Iterable[LogLine], history: History) -> tuple[dict[str, State], list[Violation]]:
     """Process `lines` (one per request) in order against the model of the files; return the
     final state and every line whose response the model would not have given."""
-    model = _Model(dict(history.initial))
+    model = _Model(dict(history.initial), history.requests)
     violations: list[Violation] = []
     for line in lines:
         request = history.requests[line.request_id]
@@ -402,46 +586,295 @@ def _replay_line(line: LogLine, request: Request, model: _Model) -> Problem | No
 
 
 def _apply(line: LogLine, request: Request, model: _Model) -> Problem | None:
-    if line.status not in POSSIBLE.get(line.method, OTHER_METHODS_POSSIBLE):
-        return "wrong-status", f"{line.method} cannot be {line.status}"
-    if line.method == "GET" and line.status == 200:
-        return _read(line, request.response, model)
-    problem = None
-    if line.method == "GET" and line.status == 404:
-        problem = _read_absent(line, model)
-    elif line.method == "PUT" and line.status in (200, 201):
-        problem = _write(line, request.body, model)
-    return problem or _fixed_body_problem(line.status, request.response)
+    """Judge one line against the model and apply its effect; the first problem found, the
+    status's before the ETag's before the response's."""
+    # The response fields belong to the line only when the client saw the logged status;
+    # otherwise the status mismatch is the line's problem.
+    answered = request.status == line.status
+    if line.status in NO_EFFECT:
+        if answered and request.etag is not None:
+            return "unexpected-etag", f"a {line.status} carries ETag {request.etag}"
+        if line.method == "HEAD":
+            return _head_problem(line, request, model) if answered else None
+        return _fixed_body_problem(line.status, request.response)
+    _settle(line, request, model)
+    writes = line.method == "PUT" and line.status != 412
+    etag_problem = None
+    if answered and not writes:
+        etag_problem = _current_etag_problem(line, request, model)
+    status_problem = _status_problem(line, request, model)
+    response_problem = _response_problem(line, request, model) if answered else None
+    if writes:
+        model.write(line, request.body)
+        if answered:
+            etag_problem = _new_etag_problem(line, request, model)
+    elif line.method == "DELETE" and line.status == 200:
+        model.delete(line)
+    return status_problem or etag_problem or response_problem
+
+
+def _settle(line: LogLine, request: Request, model: _Model) -> None:
+    """The first look at a file whose initial state is unknown: learn from the status
+    whether it was there (a PUT's 412 may not tell)."""
+    if model.state(line.uri) is not Unknown.ANYTHING:
+        return
+    if line.status in (404, 201):
+        model.files[line.uri] = None
+    elif line.status != 412 or line.method != "PUT":
+        model.files[line.uri] = Unknown.PRESENT
+    elif request.etag is not None or "If-Match" not in request.headers:
+        model.files[line.uri] = Unknown.PRESENT  # If-None-Match failed: the file is there
+
+
+def _status_problem(line: LogLine, request: Request, model: _Model) -> Problem | None:
+    expected = _expected_statuses(line.method, request.headers, line.uri, model)
+    if expected is None or line.status in expected:
+        return _learn_from_status(line, request, model)
+    kind = "stale-304" if line.status == 304 else "wrong-status"
+    wanted = " or ".join(map(str, sorted(expected)))
+    why = f"got {line.status}, but the model gives {wanted}"
+    return kind, f"{why}: the file was {model.describe(line.uri)}"
+
+
+def _expected_statuses(
+    method: str, headers: dict[str, str], uri: str, model: _Model
+) -> set[int] | None:
+    """The statuses a single-threaded server may give (more than one where the model does
+    not know an ETag or a size), or None when it knows nothing of the file."""
+    state = model.state(uri)
+    if state is Unknown.ANYTHING:
+        return None
+    if state is None:
+        if method != "PUT":
+            return {404}
+        return {412} if "If-Match" in headers else {201}
+    statuses: set[int] = set()
+    for failed in _precondition_outcomes(method, headers, uri, model):
+        if failed is not None:
+            statuses.add(failed)
+        elif method == "GET":
+            statuses |= _range_outcomes(headers, uri, model)
+        else:
+            statuses.add(200)
+    return statuses
+
+
+def _precondition_outcomes(
+    method: str, headers: dict[str, str], uri: str, model: _Model
+) -> set[int | None]:
+    """412 or 304 for each way the preconditions may fail, None if they may pass (on a file
+    that exists; If-Match first, then If-None-Match, as RFC 9110 §13.2.2 orders them)."""
+    if_match, if_none_match = headers.get("If-Match"), headers.get("If-None-Match")
+    failing = 304 if method in ("GET", "HEAD") else 412
+    outcomes: set[int | None] = set()
+    for matched in _cases(True if if_match is None else model.matches(if_match, uri, weak=False)):
+        if not matched:
+            outcomes.add(412)
+            continue
+        none_matched = (
+            False if if_none_match is None else model.matches(if_none_match, uri, weak=True)
+        )
+        outcomes.update(failing if case else None for case in _cases(none_matched))
+    return outcomes
+
+
+def _cases(known: bool | None) -> tuple[bool, ...]:
+    return (True, False) if known is None else (known,)
+
+
+def _range_outcomes(headers: dict[str, str], uri: str, model: _Model) -> set[int]:
+    """The statuses of a GET whose preconditions passed: 206 or 416 when its Range applies."""
+    spec = _parse_range(headers.get("Range"))
+    if spec is None:
+        return {200}
+    if_range = headers.get("If-Range")
+    applies = True if if_range is None else model.if_range_matches(if_range, uri)
+    statuses = {200} if applies is not True else set()
+    if applies is not False:
+        size = model.size(uri)
+        if size is None:
+            statuses |= {206, 416}
+        else:
+            statuses.add(416 if _resolve_range(spec, size) is None else 206)
+    return statuses
+
+
+def _learn_from_status(line: LogLine, request: Request, model: _Model) -> Problem | None:
+    """Where the model could not tell whether a tag matched, the status tells; learn it."""
+    headers, uri = request.headers, line.uri
+    if "If-Match" in headers and line.status not in (404, 412):
+        return model.learn_match(headers["If-Match"], uri, weak=False)
+    if "If-None-Match" in headers and line.status == 304:
+        return model.learn_match(headers["If-None-Match"], uri, weak=True)
+    if "If-Range" in headers and line.status == 206:
+        return model.learn_match(headers["If-Range"], uri, weak=False)
+    return None
+
+
+RangeSpec = tuple[int | None, int | None]
+"""A single byte range as asked: (first, last), first None for a suffix of `last` bytes."""
+
+
+def _parse_range(value: str | None) -> RangeSpec | None:
+    """The range a Range value asks for; None when asrv serves the whole file instead
+    (no Range, several ranges, another unit, first > last, anything malformed)."""
+    match = None if value is None else RANGE.fullmatch(value.strip())
+    if match is None or not (match[1] or match[2]):
+        return None
+    first = int(match[1]) if match[1] else None
+    last = int(match[2]) if match[2] else None
+    if first is not None and last is not None and first > last:
+        return None
+    return first, last
+
+
+def _resolve_range(spec: RangeSpec, size: int) -> tuple[int, int] | None:
+    """The bytes first..last (inclusive) a range selects of a file of `size` bytes; None
+    when it selects none (416)."""
+    first, last = spec
+    if first is None:  # the last `last` bytes
+        return None if last == 0 or size == 0 else (max(0, size - (last or 0)), size - 1)
+    if first >= size:
+        return None
+    return first, size - 1 if last is None else min(last, size - 1)
+
+
+def _carries_etag(method: str, headers: dict[str, str], status: int) -> bool:
+    """Whether the response to a request that writes nothing names the current version
+    (on a file that exists): every HEAD, every featured GET, every 412."""
+    if status == 404 or (method == "DELETE" and status == 200):
+        return False
+    if status == 412 or method == "HEAD":
+        return True
+    return method == "GET" and (status != 200 or bool(headers))
+
+
+def _current_etag_problem(line: LogLine, request: Request, model: _Model) -> Problem | None:
+    """The response's ETag (if it has one) must be the current version's, and it must have
+    one where the server sends it; learn it when the version's ETag was unknown."""
+    state = model.state(line.uri)
+    carries = state is not None and _carries_etag(line.method, request.headers, line.status)
+    etag = request.etag
+    if etag is None:
+        if carries and state is not Unknown.ANYTHING:
+            return "missing-etag", f"a {line.status} without an ETag"
+        return None
+    version = model.current(line.uri)
+    if not carries or version is None:
+        return "unexpected-etag", f"a {line.status} carries ETag {etag}"
+    return _malformed_etag(etag) or model.bind(version, etag)
+
+
+def _new_etag_problem(line: LogLine, request: Request, model: _Model) -> Problem | None:
+    """A conditional PUT's success names the version it wrote; a plain PUT's names none."""
+    conditional = "If-Match" in request.headers or "If-None-Match" in request.headers
+    etag = request.etag
+    if etag is None:
+        return (
+            ("missing-etag", f"a conditional {line.status} without an ETag")
+            if conditional
+            else None
+        )
+    version = model.current(line.uri)
+    if not conditional or version is None:
+        return "unexpected-etag", f"a plain PUT's {line.status} carries ETag {etag}"
+    return _malformed_etag(etag) or model.bind(version, etag)
+
+
+def _malformed_etag(etag: str) -> Problem | None:
+    if STRONG_TAG.fullmatch(etag) is None:
+        return "malformed-etag", f"ETag {etag!r} is not a quoted strong tag"
+    return None
+
+
+def _response_problem(line: LogLine, request: Request, model: _Model) -> Problem | None:
+    """The response's body and framing headers against the model, before the line's effect."""
+    if line.method == "HEAD":
+        return _head_problem(line, request, model)
+    if line.method == "GET":
+        if line.status == 200:
+            return _read(line, request.response, model)
+        if line.status == 206:
+            return _partial_problem(line, request, model)
+        if line.status == 416:
+            return _unsatisfiable_problem(line, request, model) or _fixed_body_problem(
+                416, request.response
+            )
+    if line.status == 304 and request.content_length is not None:
+        return "wrong-length", f"a 304 declares Content-Length {request.content_length}"
+    return _fixed_body_problem(line.status, request.response)
 
 
 def _read(line: LogLine, response: Content | None, model: _Model) -> Problem | None:
     current = model.state(line.uri)
-    if current is None:
-        return "wrong-status", f"got 200 but the file was {model.describe(line.uri)}"
     if isinstance(current, Content):
         if response is not None and response != current:
             return "stale-read", f"read {response}, but the file held {model.describe(line.uri)}"
-    else:  # the first look at a file whose initial content is unknown
-        model.files[line.uri] = Unknown.PRESENT if response is None else response
+    elif current is Unknown.PRESENT and response is not None:
+        model.files[line.uri] = response  # the first read of a file whose content was unknown
     return None
 
 
-def _read_absent(line: LogLine, model: _Model) -> Problem | None:
-    if model.state(line.uri) not in (None, Unknown.ANYTHING):
-        return "wrong-status", f"got 404 but the file was {model.describe(line.uri)}"
-    model.files[line.uri] = None
+def _head_problem(line: LogLine, request: Request, model: _Model) -> Problem | None:
+    """A HEAD declares the Content-Length its GET would have, and has no body."""
+    if request.response is not None and request.response.length:
+        return "wrong-body", f"a HEAD response with a body of {request.response.length} bytes"
+    if line.status == 200:
+        expected = model.size(line.uri)
+        if expected is None:
+            return None
+    else:
+        expected = None if line.status == 304 else len(FIXED_BODIES[line.status])
+    if request.content_length == expected:
+        return None
+    return "wrong-length", (
+        f"declares Content-Length {request.content_length}, but the model gives {expected}: "
+        f"the file was {model.describe(line.uri)}"
+    )
+
+
+def _partial_problem(line: LogLine, request: Request, model: _Model) -> Problem | None:
+    """A 206: its Content-Range is the asked range of the file's size, its body those bytes."""
+    declared = CONTENT_RANGE.fullmatch(request.content_range or "")
+    if declared is None:
+        return "wrong-range", f"a 206 with Content-Range {request.content_range!r}"
+    first, last, size = int(declared[1]), int(declared[2]), int(declared[3])
+    known = model.size(line.uri)
+    spec = _parse_range(request.headers.get("Range"))
+    # Where the model does not know the size, the range must at least fit the one declared.
+    selected = None if spec is None else _resolve_range(spec, size if known is None else known)
+    if (known is not None and size != known) or selected != (first, last):
+        expected = "no range" if selected is None else f"bytes {selected[0]}-{selected[1]}"
+        return "wrong-range", (
+            f"Content-Range {request.content_range!r}, but the model gives {expected} of "
+            f"{model.describe(line.uri)}"
+        )
+    response = request.response
+    if response is None:
+        return None
+    if response.length != last - first + 1:
+        return "wrong-range", f"{response.length} bytes for Content-Range {request.content_range!r}"
+    expected_sha256 = model.range_sha256(line.uri, first, last)
+    if expected_sha256 is not None and expected_sha256 != response.sha256:
+        return "stale-read", (
+            f"read bytes {first}-{last} ({response}), but they are not those of "
+            f"{model.describe(line.uri)}"
+        )
     return None
 
 
-def _write(line: LogLine, body: Content | None, model: _Model) -> Problem | None:
-    current = model.state(line.uri)
-    problem = None
-    if line.status == 201 and current not in (None, Unknown.ANYTHING):
-        problem = "wrong-status", f"got 201 but the file was {model.describe(line.uri)}"
-    elif line.status == 200 and current is None:
-        problem = "wrong-status", f"got 200 but the file was {model.describe(line.uri)}"
-    model.write(line, body)
-    return problem
+def _unsatisfiable_problem(line: LogLine, request: Request, model: _Model) -> Problem | None:
+    """A 416's Content-Range names the file's size, and the range selects none of it."""
+    declared = UNSATISFIED_RANGE.fullmatch(request.content_range or "")
+    size = None if declared is None else int(declared[1])
+    spec = _parse_range(request.headers.get("Range"))
+    selects_none = size is not None and spec is not None and _resolve_range(spec, size) is None
+    if selects_none and model.size(line.uri) in (None, size):
+        return None
+    return "wrong-range", (
+        f"a 416 with Content-Range {request.content_range!r}, but the file was "
+        f"{model.describe(line.uri)}"
+    )
 
 
 def _fixed_body_problem(status: int, response: Content | None) -> Problem | None:
