@@ -464,6 +464,140 @@ def test_wget(site: Site, spawn_server: Spawn, wget: str, tmp_path: Path) -> Non
     assert (site.root / "w.txt").read_text() == "from wget\n"
 
 
+# -- HEAD, DELETE, ranges and conditions ---------------------------------------------------------
+
+
+def test_requests_head_ranges_and_conditions_on_one_connection(
+    site: Site, spawn_server: Spawn
+) -> None:
+    """requests frames HEAD and 304 responses without a body, and keeps the connection."""
+    content = os.urandom(200_000)
+    (site.root / "f.bin").write_bytes(content)
+    server = start(spawn_server)
+    url = f"http://{HOST}:{server.port}/f.bin"
+    with requests.Session() as session:
+        head = session.head(url)
+        etag = head.headers["ETag"]
+        assert (head.status_code, head.content) == (200, b"")
+        assert dict(head.headers) == {"Content-Length": "200000", "ETag": etag}
+        part = session.get(url, headers={"Range": "bytes=1000-"})
+        assert (part.status_code, part.content) == (206, content[1000:])
+        assert part.headers["Content-Range"] == "bytes 1000-199999/200000"
+        cached = session.get(url, headers={"If-None-Match": etag})
+        assert (cached.status_code, cached.content) == (304, b"")
+        assert dict(cached.headers) == {"ETag": etag}
+        written = session.put(url, data=b"new", headers={"If-Match": etag})
+        assert (written.status_code, written.content) == (200, b"OK\n")
+        lost = session.put(url, data=b"lost", headers={"If-Match": etag})
+        assert (lost.status_code, lost.headers["ETag"]) == (412, written.headers["ETag"])
+        gone = session.delete(url, headers={"If-Match": written.headers["ETag"]})
+        assert (gone.status_code, gone.content) == (200, b"OK\n")
+        assert session.get(url).status_code == 404
+        manager = session.get_adapter(url).poolmanager
+        pools = [manager.pools[key] for key in manager.pools.keys()]  # noqa: SIM118
+        assert [(pool.num_connections, pool.num_requests) for pool in pools] == [(1, 7)]
+    assert stop(server, site) == [
+        "HEAD,/f.bin,200,0",
+        "GET,/f.bin,206,0",
+        "GET,/f.bin,304,0",
+        "PUT,/f.bin,200,0",
+        "PUT,/f.bin,412,0",
+        "DELETE,/f.bin,200,0",
+        "GET,/f.bin,404,0",
+    ]
+
+
+@pytest.mark.asyncio
+async def test_aiohttp_head_and_not_modified_keep_the_connection(
+    site: Site, spawn_server: Spawn
+) -> None:
+    (site.root / "a.txt").write_bytes(b"aiohttp\n")
+    server = start(spawn_server)
+    url = f"http://{HOST}:{server.port}/a.txt"
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.head(url) as head:
+            etag = head.headers["ETag"]
+            assert (head.status, head.content_length) == (200, 8)
+        async with session.get(url, headers={"If-None-Match": etag}) as cached:
+            assert (cached.status, await cached.read()) == (304, b"")
+        async with session.get(url, headers={"Range": "bytes=-4"}) as tail:
+            assert (tail.status, await tail.read()) == (206, b"ttp\n")
+        async with session.delete(url) as deleted:
+            assert (deleted.status, await deleted.read()) == (200, b"OK\n")
+        assert len(server_connections(server.port)) == 1
+    assert stop(server, site) == [
+        "HEAD,/a.txt,200,0",
+        "GET,/a.txt,304,0",
+        "GET,/a.txt,206,0",
+        "DELETE,/a.txt,200,0",
+    ]
+
+
+def test_curl_head_range_resume_delete_and_conditional_update(
+    site: Site, spawn_server: Spawn, curl: str, tmp_path: Path
+) -> None:
+    """The README's curl examples, as written there."""
+    content = os.urandom(300_000)
+    (site.root / "a.bin").write_bytes(content)
+    (site.root / "n.txt").write_text("41\n")
+    server = start(spawn_server)
+    base = f"http://{HOST}:{server.port}"
+    head = run_tool(curl, "-q", "-sS", "-I", f"{base}/a.bin")
+    assert head.returncode == 0, head.stderr
+    etag = head.stdout.split("ETag: ")[1].split("\r\n")[0]
+    assert head.stdout == f"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\nETag: {etag}\r\n\r\n"
+    first = run_tool(
+        curl, "-q", "-sS", "-r", "0-99", "-o", str(tmp_path / "first"), f"{base}/a.bin"
+    )
+    assert first.returncode == 0 and (tmp_path / "first").read_bytes() == content[:100]
+    partial = tmp_path / "a.bin"
+    partial.write_bytes(content[:123_456])  # an interrupted download
+    resumed = run_tool(curl, "-q", "-sS", "-C", "-", "-o", str(partial), f"{base}/a.bin")
+    assert resumed.returncode == 0, resumed.stderr
+    assert partial.read_bytes() == content
+    again = run_tool(curl, "-q", "-sS", "-C", "-", "-o", str(partial), f"{base}/a.bin")
+    assert again.returncode == 0, again.stderr  # already complete: curl accepts the 416
+    read = run_tool(curl, "-q", "-sS", "-i", "-H", "If-Match: *", f"{base}/n.txt")
+    assert read.returncode == 0, read.stderr
+    head_text, _, value = read.stdout.partition("\r\n\r\n")
+    version = head_text.split("ETag: ")[1]
+    update = [curl, "-q", "-sS", "-X", "PUT", "-H", f"If-Match: {version}", "--data-binary"]
+    assert run_tool(*update, str(int(value) + 1), f"{base}/n.txt").stdout == "OK\n"
+    assert run_tool(*update, "0", f"{base}/n.txt").stdout == "Precondition Failed\n"
+    deleted = run_tool(curl, "-q", "-sS", "-X", "DELETE", f"{base}/a.bin")
+    assert deleted.stdout == "OK\n"
+    assert stop(server, site) == [
+        "HEAD,/a.bin,200,0",
+        "GET,/a.bin,206,0",
+        "GET,/a.bin,206,0",
+        "GET,/a.bin,416,0",
+        "GET,/n.txt,200,0",
+        "PUT,/n.txt,200,0",
+        "PUT,/n.txt,412,0",
+        "DELETE,/a.bin,200,0",
+    ]
+    assert (site.root / "n.txt").read_text() == "42"
+
+
+def test_wget_continues_an_interrupted_download(
+    site: Site, spawn_server: Spawn, wget: str, tmp_path: Path
+) -> None:
+    content = os.urandom(500_000)
+    (site.root / "b.bin").write_bytes(content)
+    server = start(spawn_server)
+    partial = tmp_path / "b.bin"
+    partial.write_bytes(content[:200_000])
+    result = run_tool(
+        wget, "--no-config", "--no-hsts", "-c", "-O", str(partial),
+        f"http://{HOST}:{server.port}/b.bin",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "206 Partial Content" in result.stderr
+    assert partial.read_bytes() == content
+    assert stop(server, site) == ["GET,/b.bin,206,0"]
+
+
 # -- Raw sockets ------------------------------------------------------------------------------
 
 
