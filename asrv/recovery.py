@@ -13,10 +13,13 @@ debris, all settled here before the server listens:
   the PUT is logged (and may have been acknowledged) but its final rename may not have
   survived: redo it. If the log ends before OFFSET, the line never made it to disk, so the
   PUT never happened: remove the file.
-- deletion intents (".asrv-deleted~INODE~OFFSET~NAME"): a DELETE moved the file out of its
-  name before its line was flushed. If the log holds `DELETE,/NAME,200,...` ending at
-  OFFSET, the DELETE happened: finish it (remove the file). If the log ends before OFFSET,
-  it never happened: give the file its name back.
+- deletion intents (".asrv-deleted~INODE~OFFSET~NAME"): a DELETE gave the file this second
+  name before its line was flushed, and unlinks NAME only once the line is durable. If the
+  log holds `DELETE,/NAME,200,...` ending at OFFSET, the DELETE happened: finish it (unlink
+  NAME if it is still this file, and the intent). If the log ends before OFFSET, it never
+  happened: NAME still holds the file, and only the intent goes. (On a filesystem without
+  hard links the DELETE moved the file to the intent instead: then NAME is absent, and an
+  unlogged DELETE gives the file its name back.)
 
 Recovery never guesses. An intent it cannot verify against this log (the log cannot be read
 back, the intent names another log, or the log holds some other line at its offset) stops
@@ -60,13 +63,13 @@ class RecoveryReport:
     """Logged PUTs installed, and logged DELETEs finished."""
     removed: int = 0
     """Uploads, and intents of PUTs that were never logged, removed."""
-    restored: int = 0
-    """Files given back their names: their DELETEs were never logged."""
+    undone: int = 0
+    """DELETEs that were never logged, undone: their files keep their names."""
     strays: tuple[str, ...] = ()
     """Files under asrv's prefixes that asrv never makes: left alone."""
 
     def __bool__(self) -> bool:
-        return any((self.cut_bytes, self.redone, self.removed, self.restored, self.strays))
+        return any((self.cut_bytes, self.redone, self.removed, self.undone, self.strays))
 
     def describe(self) -> str:
         parts = [
@@ -74,8 +77,8 @@ class RecoveryReport:
             f"redid {self.redone} logged PUTs and DELETEs",
             f"removed {self.removed} temp files",
         ]
-        if self.restored:
-            parts.append(f"restored {self.restored} files whose DELETEs were never logged")
+        if self.undone:
+            parts.append(f"undid {self.undone} DELETEs that were never logged")
         if self.strays:
             parts.append(f"left {len(self.strays)} unknown files ({', '.join(self.strays)})")
         return "recovered: " + ", ".join(parts)
@@ -152,7 +155,7 @@ def recover(root_fd: int, log: LogFile) -> RecoveryReport:
     for intent in sorted(redo):
         _redo(root_fd, intent)
     for intent in restore:
-        _restore(root_fd, intent)
+        _undo_delete(root_fd, intent)
     if redo or remove or restore:
         os.fsync(root_fd)
     return RecoveryReport(cut, len(redo), len(remove), len(restore), tuple(strays))
@@ -178,8 +181,12 @@ def _redo(root_fd: int, intent: _Intent) -> None:
     try:
         if intent.kind is _Kind.PUT:
             os.rename(intent.name, intent.target, src_dir_fd=root_fd, dst_dir_fd=root_fd)
-        else:
-            os.unlink(intent.name, dir_fd=root_fd)
+            return
+        # A later logged PUT may have put a new file under the name already: only this
+        # DELETE's own file goes.
+        if _same_file(root_fd, intent.name, intent.target):
+            os.unlink(intent.target, dir_fd=root_fd)
+        os.unlink(intent.name, dir_fd=root_fd)
     except OSError as error:
         raise _refuse(
             f"cannot redo the logged {intent.kind.value} of {intent.target} ({intent.name}): "
@@ -187,22 +194,34 @@ def _redo(root_fd: int, intent: _Intent) -> None:
         ) from None
 
 
-def _restore(root_fd: int, intent: _Intent) -> None:
-    """Undo a DELETE that was never logged: the file gets its name back. Nothing logged
-    after it can have used the name, so a file there now is something recovery cannot
+def _undo_delete(root_fd: int, intent: _Intent) -> None:
+    """A DELETE that was never logged: the file keeps (or gets back) its name. Nothing
+    logged after it can have used the name, so another file there is one recovery cannot
     explain."""
     try:
-        os.stat(intent.target, dir_fd=root_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        pass
-    else:
-        raise _refuse(f"cannot give {intent.target} back from {intent.name}: the name is taken")
-    try:
-        os.rename(intent.name, intent.target, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+        if _same_file(root_fd, intent.name, intent.target):
+            os.unlink(intent.name, dir_fd=root_fd)
+            return
+        try:
+            os.stat(intent.target, dir_fd=root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.rename(intent.name, intent.target, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+            return
     except OSError as error:
         raise _refuse(
             f"cannot give {intent.target} back from {intent.name}: {error.strerror}"
         ) from None
+    raise _refuse(f"cannot give {intent.target} back from {intent.name}: the name is taken")
+
+
+def _same_file(root_fd: int, first: str, second: str) -> bool:
+    """Whether both names exist and are links to one file."""
+    try:
+        one = os.stat(first, dir_fd=root_fd, follow_symlinks=False)
+        other = os.stat(second, dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
 
 
 def _is_the_log(root_fd: int, name: str, log: LogFile) -> bool:

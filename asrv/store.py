@@ -10,8 +10,8 @@ O_NOFOLLOW: no path walking, no symlinks followed. Uploads go to a temp file who
 contains "_" and which no URI can spell; a PUT commits by renaming it, first to an intent
 name that carries its log line's end offset and the log's tag (".asrv~TAG~OFFSET~NAME", so
 recovery can tell whether the line made it to disk, and in which log), then over the target.
-A DELETE is write-ahead the same way: it renames the file to an intent name of its own
-(".asrv-deleted~TAG~OFFSET~NAME"), makes its line durable, then unlinks it.
+A DELETE is write-ahead the same way: it links the file to an intent name of its own
+(".asrv-deleted~TAG~OFFSET~NAME"), makes its line durable, and only then unlinks the name.
 
 Each version a PUT writes is stamped with its ETag (`etags`) before it takes the target's
 place. HEAD, ranges and conditional requests read it back; a plain GET never pays for it.
@@ -45,6 +45,8 @@ DELETE_PREFIX = ".asrv-deleted~"
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _UPLOAD_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# link(2) errors of a filesystem that has no hard links (or no more for this file).
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 # Errors that mean "this name is not a file you may have", not "the server failed".
 _FORBIDDEN_ERRNOS = {errno.ELOOP, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENXIO}
 
@@ -102,7 +104,7 @@ def commit_name(log_tag: str, end_offset: int, filename: str) -> str:
 
 
 def delete_name(log_tag: str, end_offset: int, filename: str) -> str:
-    """Where a DELETE moves its file until its line is durable."""
+    """The second name a DELETE gives its file until the DELETE is over."""
     return f"{DELETE_PREFIX}{log_tag}~{end_offset}~{filename}"
 
 
@@ -243,8 +245,10 @@ class Store:
     def delete(
         self, line: RequestLine, request_id: str, conditions: Conditions | None = None
     ) -> WriteResult:
-        """A DELETE's critical step, write-ahead: the file leaves its name for an intent
-        name, the line becomes durable, and only then is the file gone for good."""
+        """A DELETE's critical step, write-ahead: the line is durable before the name
+        disappears. The file first gets a second name, its deletion intent, which tells
+        recovery that the DELETE may have happened; then the line is made durable, then the
+        name goes, all under the write lock."""
         filename = line.filename
         with self._locks.write(filename):
             status, etag = self._current_for_write(filename, conditions, creates=False)
@@ -252,24 +256,49 @@ class Store:
                 seq = self.log.append(log_entry(line, status, request_id))
                 return WriteResult(status, seq, etag)
             reservation = self.log.reserve(log_entry(line, status, request_id))
-            doomed = delete_name(self._log_tag, reservation.end_offset, filename)
+            intent = delete_name(self._log_tag, reservation.end_offset, filename)
             try:
-                os.rename(filename, doomed, src_dir_fd=self._root, dst_dir_fd=self._root)
+                moved = self._mark_for_deletion(filename, intent)
             except OSError:
                 failed = log_entry(line, Status.INTERNAL_ERROR, request_id)
                 self.log.fill(reservation, failed, dir_sync=False)
                 return WriteResult(Status.INTERNAL_ERROR, reservation.seq)
+            # The leader fsyncs the root before writing this line: the intent is durable
+            # before the line, so recovery can finish a logged DELETE.
             self.log.fill(reservation, log_entry(line, status, request_id), dir_sync=True)
-            # Write-ahead: the line, and the rename it names, are durable before the file
-            # is gone; until the unlink, recovery can still tell that the DELETE happened.
             self.log.sync(reservation.seq)
-        # Outside the lock: the name is free already, and freeing a large file's blocks
-        # can take long.
-        try:
-            os.unlink(doomed, dir_fd=self._root)
-        except OSError as error:
-            raise FatalError(f"cannot finish logged DELETE {line.uri}: {error}") from error
+            if not moved:
+                try:
+                    os.unlink(filename, dir_fd=self._root)
+                except OSError as error:
+                    # Logged, not in effect: only recovery can make the files agree again.
+                    raise FatalError(f"cannot finish logged DELETE {line.uri}: {error}") from error
+        # Outside the lock, as nothing names the file any more: the last unlink frees its
+        # blocks, which can take long for a large file. If it fails, the intent stays, and
+        # the next start removes it.
+        with contextlib.suppress(OSError):
+            os.unlink(intent, dir_fd=self._root)
         return WriteResult(status, reservation.seq)
+
+    def _mark_for_deletion(self, filename: str, intent: str) -> bool:
+        """Give the file its deletion intent as a second name; True if, where the
+        filesystem has no hard links, the file had to move to it instead (its name is
+        then gone already, though only under the lock, and recovery gives it back if the
+        line never reached the log)."""
+        try:
+            os.link(
+                filename,
+                intent,
+                src_dir_fd=self._root,
+                dst_dir_fd=self._root,
+                follow_symlinks=False,
+            )
+        except OSError as error:
+            if error.errno not in _NO_HARD_LINKS:
+                raise
+            os.rename(filename, intent, src_dir_fd=self._root, dst_dir_fd=self._root)
+            return True
+        return False
 
     def _install(
         self, line: RequestLine, request_id: str, status: Status, upload: Upload

@@ -665,6 +665,49 @@ def test_trace_checker_catches_a_response_before_the_sync() -> None:
         check_responses_wait_for_fdatasync(parse_trace(stale), "/l")
 
 
+def test_trace_shows_each_delete_unlink_after_its_line_is_durable(
+    site: Site, traced_server: Callable[..., Traced], tmp_path: Path
+) -> None:
+    """Write-ahead for DELETE: the file gets its intent name, the root is fsync'd, the line
+    is written and fdatasync'd, and only then does the name disappear."""
+    names = [f"f{n}" for n in range(12)]
+    for name in names:
+        (site.root / name).write_bytes(name.encode())
+    trace = tmp_path / "trace"
+    syscalls = "write,fsync,fdatasync,link,linkat,unlink,unlinkat"
+    server = traced_server(["-yy", "-s", "4096", "-e", f"trace={syscalls}", "-o", str(trace)])
+
+    async def load() -> list[bytes]:
+        return await asyncio.gather(
+            *(
+                exchange(
+                    server.port, f"DELETE /{name} HTTP/1.1\r\nRequest-Id: {name}\r\n\r\n".encode()
+                )
+                for name in names
+            )
+        )
+
+    assert asyncio.run(load()) == [response(200, "OK")] * len(names)
+    server.signal(signal.SIGTERM)
+    assert server.wait(10) == 0
+    assert list(site.root.iterdir()) == []
+    calls = parse_trace(trace.read_text())
+    log_path = str(site.log.resolve())
+    root = str(site.root.resolve())
+    for name in names:
+        linked = next(c for c in calls if c.name == "linkat" and c.data == name.encode())
+        written = next(
+            c
+            for c in calls
+            if c.fd == log_path and c.name == "write" and b",%s\n" % name.encode() in c.data
+        )
+        gone = next(c for c in calls if c.name == "unlinkat" and c.data == name.encode())
+        dir_syncs = [c for c in calls if c.fd == root and c.name == "fsync"]
+        log_syncs = [c for c in calls if c.fd == log_path and c.name == "fdatasync"]
+        assert any(linked.end < sync.begin and sync.end < written.begin for sync in dir_syncs)
+        assert any(written.end < sync.begin and sync.end < gone.begin for sync in log_syncs)
+
+
 def test_recovery_makes_a_line_durable_before_redoing_its_put(
     site: Site, traced_server: Callable[..., Traced], tmp_path: Path
 ) -> None:

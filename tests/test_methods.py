@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 
 import pytest
@@ -77,6 +78,20 @@ async def test_delete_removes_the_file_and_is_logged(
         "GET,/a,404,g",
         "DELETE,/gone,404,d3",
     ]
+
+
+async def test_delete_works_where_the_filesystem_has_no_hard_links(
+    site_a: Site, running_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refused)
+    async with running_server() as server:
+        deleted = await request(server.port, "DELETE", "/a")
+        again = await request(server.port, "DELETE", "/a")
+    assert (deleted.status, again.status) == (200, 404)
+    assert list(site_a.root.iterdir()) == []
 
 
 async def test_delete_refuses_what_is_not_a_served_file(

@@ -266,13 +266,37 @@ def deletion_intent(site: Site, offset: int, name: str) -> Path:
 def test_a_logged_delete_is_finished_and_an_unlogged_one_undone(site: Site) -> None:
     lines = b"PUT,/a,201,1\nDELETE,/a,200,2\n"
     site.log.write_bytes(lines)
-    deletion_intent(site, len(lines), "a").write_bytes(b"a")  # logged: the file goes
-    deletion_intent(site, len(lines) + 16, "b").write_bytes(b"b")  # never logged: it stays
+    # A DELETE links its file to its intent, and unlinks the name once its line is durable.
+    (site.root / "a").write_bytes(b"a")
+    os.link(site.root / "a", deletion_intent(site, len(lines), "a"))  # logged: both go
+    (site.root / "b").write_bytes(b"b")
+    os.link(site.root / "b", deletion_intent(site, len(lines) + 16, "b"))  # not logged: stays
     report = recover_dir(site.root, site.log)
-    assert report == RecoveryReport(redone=1, restored=1)
+    assert report == RecoveryReport(redone=1, undone=1)
     assert sorted(p.name for p in site.root.iterdir()) == ["b"]
     assert (site.root / "b").read_bytes() == b"b"
     assert not recover_dir(site.root, site.log)
+
+
+def test_a_logged_delete_spares_a_file_a_later_put_installed(site: Site) -> None:
+    lines = b"DELETE,/a,200,1\nPUT,/a,201,2\n"
+    site.log.write_bytes(lines)
+    deletion_intent(site, 16, "a").write_bytes(b"deleted")  # its unlink did not survive
+    (site.root / "a").write_bytes(b"put after the delete")
+    assert recover_dir(site.root, site.log) == RecoveryReport(redone=1)
+    assert sorted(p.name for p in site.root.iterdir()) == ["a"]
+    assert (site.root / "a").read_bytes() == b"put after the delete"
+
+
+def test_without_hard_links_a_moved_file_is_given_back_or_removed(site: Site) -> None:
+    # Where link(2) is refused, a DELETE moves its file to the intent instead.
+    lines = b"DELETE,/a,200,1\n"
+    site.log.write_bytes(lines)
+    deletion_intent(site, len(lines), "a").write_bytes(b"a")  # logged: removed
+    deletion_intent(site, len(lines) + 16, "b").write_bytes(b"b")  # not logged: back
+    assert recover_dir(site.root, site.log) == RecoveryReport(redone=1, undone=1)
+    assert sorted(p.name for p in site.root.iterdir()) == ["b"]
+    assert (site.root / "b").read_bytes() == b"b"
 
 
 @pytest.mark.parametrize(
