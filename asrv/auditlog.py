@@ -13,7 +13,8 @@ file it will rename must be findable from the line after a crash. So a PUT first
 `reserve`s its slot, which fixes the line's end offset in the file; it then renames its temp
 file to a name carrying that offset and `fill`s the slot. A flush never writes past an
 unfilled slot, and fsyncs the root directory before writing a batch that holds filled PUT
-slots, so a durable PUT line always has its renamed temp file durable beside it.
+slots, so a durable PUT line always has its renamed temp file durable beside it (and,
+before that, fsyncs each new version, so that its ETag stamp is durable too).
 
 Any write or sync error is fatal: the log records the failure, wakes every waiter with
 `LogFailure`, and accepts nothing more. A request whose line is not durable is never
@@ -44,12 +45,13 @@ class Reservation:
 
 
 class _Slot:
-    __slots__ = ("line", "needs_dir_sync", "seq")
+    __slots__ = ("line", "needs_dir_sync", "seq", "sync_fd")
 
     def __init__(self, seq: int, line: bytes | None) -> None:
         self.seq = seq
         self.line = line  # None while reserved and not yet filled
         self.needs_dir_sync = False
+        self.sync_fd: int | None = None
 
 
 class AuditLog:
@@ -114,8 +116,18 @@ class AuditLog:
             slot = self._new_slot(None, len(line))
             return Reservation(slot.seq, self._end_offset, len(line))
 
-    def fill(self, reservation: Reservation, line: bytes, *, dir_sync: bool) -> None:
-        """Give a reserved slot its line; `dir_sync` if it renamed a file in the root."""
+    def fill(
+        self,
+        reservation: Reservation,
+        line: bytes,
+        *,
+        dir_sync: bool,
+        sync_fd: int | None = None,
+    ) -> None:
+        """Give a reserved slot its line; `dir_sync` if it renamed a file in the root, and
+        `sync_fd` open on a file whose metadata must be durable before the line (a PUT's
+        new version, stamped with its ETag). Keep `sync_fd` open until the line is
+        durable or the log failed (`sync` returns or raises)."""
         if len(line) != reservation.length:
             raise ValueError("a reserved line must keep its length (its end offset is fixed)")
         with self._cond:
@@ -123,11 +135,24 @@ class AuditLog:
                 if slot.seq == reservation.seq:
                     slot.line = line
                     slot.needs_dir_sync = dir_sync
+                    slot.sync_fd = sync_fd
                     break
             else:
                 raise ValueError(f"no reserved slot {reservation.seq}")
             # A flush may be waiting for this slot to become ready.
             self._cond.notify_all()
+
+    def fail(self, reason: str) -> LogFailure:
+        """Stop the log for good: nothing more is appended or made durable, and every
+        waiter gets the failure, which is returned to be raised. For when the files can no
+        longer be made to agree with lines already durable: any later line could depend on
+        an effect that did not happen."""
+        failure = LogFailure(reason)
+        with self._cond:
+            if self._failure is None:
+                self._failure = failure
+            self._cond.notify_all()
+        return failure
 
     def sync(self, seq: int) -> None:
         """Block until every line up to `seq` is durable, leading flushes as needed."""
@@ -179,6 +204,12 @@ class AuditLog:
         """As leader, outside the mutex: make `batch` durable, then publish it."""
         try:
             needs_dir_sync = any(slot.needs_dir_sync for slot in batch)
+            if self._sync_data:
+                # Where the filesystem journals metadata in order, the first of these
+                # commits all of them and the directory's renames too; the rest are cheap.
+                for slot in batch:
+                    if slot.sync_fd is not None:
+                        os.fsync(slot.sync_fd)
             if self._sync_data and self._dir_fd is not None and needs_dir_sync:
                 # The renamed temp files of these PUTs must be durable before their lines
                 # can be: recovery finds them by the offsets in their names.

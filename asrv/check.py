@@ -96,12 +96,13 @@ NO_EFFECT = frozenset({400, 401, 403, 413, 500, 503, 505})
 """Statuses that change no file and say nothing about one (503: cluster mode, not committed)."""
 POSSIBLE = {
     "GET": {200, 206, 304, 404, 412, 416} | NO_EFFECT,
-    "HEAD": {200, 304, 404, 412} | NO_EFFECT,
+    "HEAD": {200, 304, 404, 412, 501} | NO_EFFECT,
     "PUT": {200, 201, 412} | NO_EFFECT,
-    "DELETE": {200, 404, 412} | NO_EFFECT,
+    "DELETE": {200, 404, 412, 501} | NO_EFFECT,
 }
 """The statuses each method can get (201 only creates, 404 only reads or deletes, 206 and 416
-only answer a GET's Range, 501 is for other methods)."""
+only answer a GET's Range, 501 is for other methods, and for HEAD and DELETE with
+`--course`)."""
 OTHER_METHODS_POSSIBLE = frozenset({400, 501, 505})
 CONDITION_HEADERS = frozenset({"If-Match", "If-None-Match", "Range", "If-Range"})
 """The request headers a history records: those that make a request conditional or ranged."""
@@ -693,7 +694,9 @@ def _range_outcomes(headers: dict[str, str], uri: str, model: _Model) -> set[int
     if applies is not False:
         size = model.size(uri)
         if size is None:
-            statuses |= {206, 416}
+            statuses |= {200, 206, 416} if spec[0] is None else {206, 416}
+        elif size == 0 and spec[0] is None and spec[1]:
+            statuses.add(200)  # an empty file's one satisfiable range: the whole (empty) file
         else:
             statuses.add(416 if _resolve_range(spec, size) is None else 206)
     return statuses
@@ -800,7 +803,8 @@ def _response_problem(line: LogLine, request: Request, model: _Model) -> Problem
             return _unsatisfiable_problem(line, request, model) or _fixed_body_problem(
                 416, request.response
             )
-    if line.status == 304 and request.content_length is not None:
+    if line.status == 304 and request.content_length not in (None, model.size(line.uri)):
+        # RFC 9110 §8.6: a 304 may declare the length its 200 would have had, nothing else.
         return "wrong-length", f"a 304 declares Content-Length {request.content_length}"
     return _fixed_body_problem(line.status, request.response)
 
@@ -827,6 +831,8 @@ def _head_problem(line: LogLine, request: Request, model: _Model) -> Problem | N
         expected = None if line.status == 304 else len(FIXED_BODIES[line.status])
     if request.content_length == expected:
         return None
+    if line.status == 304 and request.content_length == model.size(line.uri):
+        return None  # RFC 9110 §8.6: the length the 200 would have had
     return "wrong-length", (
         f"declares Content-Length {request.content_length}, but the model gives {expected}: "
         f"the file was {model.describe(line.uri)}"

@@ -66,6 +66,11 @@ class Conditions(NamedTuple):
     (another unit, several ranges, malformed): the whole file is then sent."""
     if_range: str | None = None
 
+    @property
+    def preconditions(self) -> bool:
+        """Whether a write is conditional (Range and If-Range mean nothing to one)."""
+        return self.if_match is not None or self.if_none_match is not None
+
 
 class ReadOutcome(enum.Enum):
     """What a GET or HEAD of an existing file gets, once its conditions are decided."""
@@ -171,6 +176,10 @@ def decide_read(
     # If-Range: only a strong tag equal to the current one keeps the range (a date never
     # matches: asrv sends no Last-Modified).
     if conditions.if_range is not None and conditions.if_range.strip(" \t") != etag:
+        return ReadDecision(ReadOutcome.WHOLE)
+    if size == 0 and asked.suffix:
+        # RFC 9110 §14.1.1: the one satisfiable range of an empty file, with no byte a 206
+        # could send: the whole (empty) file.
         return ReadDecision(ReadOutcome.WHOLE)
     span = resolve(asked, size)
     if span is None:

@@ -359,6 +359,7 @@ class Connection:
             request.request_id,
             request.conditions,
             durable=True,
+            alone=True,  # it waits for a sync of its own, as a PUT does
         )
         return await self._written(request, outcome)
 

@@ -8,9 +8,10 @@ new version with it, in an extended attribute, before the version takes the targ
 (its inode number, or a random tag per run when the log is not a file) and MTIME, the
 version's modification time, keeps the tag unique even if a log's inode number is reused.
 
-The attribute also records the size and modification time it was stamped for. A file that
-was never stamped (put in the root by other means), or was changed in place since, gets an
-ETag from what `stat` says: `s-INODE-MTIME-SIZE`. Where the filesystem has no user extended
+The attribute also records the inode number, size and modification time it was stamped for.
+A file that was never stamped (put in the root by other means), was changed in place since,
+or is a copy of a stamped file (`cp -a` copies the attribute, not the inode) gets an ETag
+from what `stat` says: `s-INODE-MTIME-SIZE`. Where the filesystem has no user extended
 attributes, a PUT gives its version a modification time no other version of this server has
 had (strictly increasing, in nanoseconds) and the version's ETag is that `stat` form.
 """
@@ -35,9 +36,14 @@ def current_etag(fd: int, info: os.stat_result) -> str:
     except OSError:
         stored = b""
     token, _, stamped_for = stored.partition(b" ")
-    if stamped_for == b"%d %d" % (info.st_size, info.st_mtime_ns) and _TOKEN.fullmatch(token):
+    if stamped_for == _stamped_for(info) and _TOKEN.fullmatch(token):
         return f'"{token.decode("ascii")}"'
     return stat_etag(info)
+
+
+def _stamped_for(info: os.stat_result) -> bytes:
+    """What a stamp is valid for: this inode, with this size and modification time."""
+    return b"%d %d %d" % (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def stat_etag(info: os.stat_result) -> str:
@@ -74,7 +80,7 @@ class EtagStamper:
         if self._xattrs:
             token = f"w-{self._log_name}-{end_offset:x}-{info.st_mtime_ns:x}"
             try:
-                os.setxattr(fd, ATTRIBUTE, f"{token} {info.st_size} {info.st_mtime_ns}".encode())
+                os.setxattr(fd, ATTRIBUTE, token.encode() + b" " + _stamped_for(info))
                 return f'"{token}"'
             except OSError as error:
                 if error.errno != errno.ENOTSUP:

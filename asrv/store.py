@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 from asrv.auditlog import AuditLog
 from asrv.conditions import Conditions, ReadOutcome, Span, decide_read, write_allowed
-from asrv.errors import FatalError
 from asrv.etags import EtagStamper, current_etag
 from asrv.http import RequestLine, Status
 from asrv.locks import LockTable
@@ -218,6 +217,7 @@ class Store:
 
         Returns once the PUT's line is durable and (for 200/201) its content is in place.
         """
+        conditions = _preconditions(conditions)
         try:
             if self._sync_data:
                 os.fdatasync(upload.fd)
@@ -240,6 +240,7 @@ class Store:
                 self._close_upload(upload)
             else:
                 self.abandon(upload)
+        # Only a conditional PUT's response names the version (SPEC §4.1).
         return WriteResult(status, seq, etag if conditions is not None else None)
 
     def delete(
@@ -249,6 +250,7 @@ class Store:
         disappears. The file first gets a second name, its deletion intent, which tells
         recovery that the DELETE may have happened; then the line is made durable, then the
         name goes, all under the write lock."""
+        conditions = _preconditions(conditions)
         filename = line.filename
         with self._locks.write(filename):
             status, etag = self._current_for_write(filename, conditions, creates=False)
@@ -271,8 +273,11 @@ class Store:
                 try:
                     os.unlink(filename, dir_fd=self._root)
                 except OSError as error:
-                    # Logged, not in effect: only recovery can make the files agree again.
-                    raise FatalError(f"cannot finish logged DELETE {line.uri}: {error}") from error
+                    # Logged, not in effect: only recovery can make the files agree again
+                    # (as for a PUT that cannot be installed).
+                    raise self.log.fail(
+                        f"cannot finish logged DELETE {line.uri}: {error}"
+                    ) from error
         # Outside the lock, as nothing names the file any more: the last unlink frees its
         # blocks, which can take long for a large file. If it fails, the intent stays, and
         # the next start removes it.
@@ -315,16 +320,18 @@ class Store:
             failed = log_entry(line, Status.INTERNAL_ERROR, request_id)
             self.log.fill(reservation, failed, dir_sync=False)
             return Status.INTERNAL_ERROR, reservation.seq, None
-        self.log.fill(reservation, log_entry(line, status, request_id), dir_sync=True)
-        # Write-ahead: the line, and the renamed temp it names, are durable before the new
-        # content takes the target's place.
+        filled = log_entry(line, status, request_id)
+        self.log.fill(reservation, filled, dir_sync=True, sync_fd=upload.fd)
+        # Write-ahead: the line, and the renamed and stamped temp it names, are durable
+        # before the new content takes the target's place.
         self.log.sync(reservation.seq)
         try:
             os.rename(committed, line.filename, src_dir_fd=self._root, dst_dir_fd=self._root)
         except OSError as error:
             # The log already says this PUT happened: only recovery can make the files
-            # agree with it again, so stop rather than answer against the log.
-            raise FatalError(f"cannot install logged PUT {line.uri}: {error}") from error
+            # agree with it again. Stop the log while still holding the lock, so that no
+            # later request on this file is logged against the wrong content.
+            raise self.log.fail(f"cannot install logged PUT {line.uri}: {error}") from error
         return status, reservation.seq, etag
 
     @staticmethod
@@ -446,6 +453,12 @@ def _decide_get(
         file_size=size,
         span=span,
     )
+
+
+def _preconditions(conditions: Conditions | None) -> Conditions | None:
+    """A write's conditions, if it has any: a Range or If-Range on a PUT or DELETE means
+    nothing (RFC 9110 §14.2), and such a write is answered as a plain one."""
+    return conditions if conditions is not None and conditions.preconditions else None
 
 
 def _error_status(error: OSError) -> Status:

@@ -586,3 +586,34 @@ def test_failure_fails_the_lines_behind_an_unfilled_slot(read_only_log: AuditLog
     log.fill(reservation, b"PUT,/r,500,2\n", dir_sync=False)  # filling is still harmless
     with pytest.raises(LogFailure):
         log.sync(reservation.seq)
+
+
+def test_a_stamped_file_is_synced_before_the_directory_and_its_line(
+    open_log: Callable[..., AuditLog],
+    tmp_path: Path,
+    fds: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    version = os.open(tmp_path / "version", os.O_WRONLY | os.O_CREAT, 0o644)
+    fds += [dir_fd, version]
+    log = open_log(dir_fd=dir_fd)
+    calls = Calls(monkeypatch, {log._fd: "log", dir_fd: "dir", version: "version"})
+    put = b"PUT,/a,201,1\n"
+    reservation = log.reserve(put)
+    log.fill(reservation, put, dir_sync=True, sync_fd=version)
+    log.sync(reservation.seq)
+    assert calls.log == ["fsync(version)", "fsync(dir)", "write(log)", "fdatasync(log)"]
+
+
+def test_a_failed_log_takes_no_more_lines(open_log: Callable[..., AuditLog], path: Path) -> None:
+    log = open_log()
+    log.sync(log.append(entry(1)))
+    pending = log.append(entry(2))
+    failure = log.fail("cannot install a logged PUT")
+    assert isinstance(failure, LogFailure) and log.failure is failure
+    with pytest.raises(LogFailure, match="cannot install"):
+        log.sync(pending)  # a line appended before, never made durable
+    with pytest.raises(LogFailure):
+        log.append(entry(3))
+    assert path.read_bytes() == entry(1)

@@ -338,6 +338,22 @@ def test_a_304_with_a_length(run: Scenario) -> None:
     assert_rejected(run.check(), "wrong-length", "304")
 
 
+def test_a_304_may_declare_the_length_of_its_200(run: Scenario) -> None:
+    # RFC 9110 §8.6: a 304 may carry the Content-Length the 200 would have had.
+    run.send("GET", "/a", 304, headers={"If-None-Match": "*"}, etag='"e0"', content_length=11)
+    run.send("HEAD", "/a", 304, headers={"If-None-Match": "*"}, etag='"e0"', content_length=11)
+    assert_passes(run.check())
+
+
+def test_a_suffix_range_of_an_empty_file_is_the_whole_file(tmp_path: Path) -> None:
+    run = Scenario(tmp_path, {"/e": b""})
+    run.send("GET", "/e", 200, headers={"Range": "bytes=-5"}, etag='"e0"', response=b"")
+    run.send(
+        "GET", "/e", 416, headers={"Range": "bytes=0-"}, etag='"e0"', content_range="bytes */0"
+    )
+    assert_passes(run.check())
+
+
 def test_a_206_with_the_wrong_bytes(run: Scenario) -> None:
     put = run.send("PUT", "/a", 200)
     wrong = body_for("r-other", 40)[:10]
@@ -417,12 +433,14 @@ def test_log_lines_of_the_new_methods_and_statuses(tmp_path: Path) -> None:
         "GET,/a,401,8",
         "PUT,/a,503,9",
         "PATCH,/a,501,10",
+        "HEAD,/a,501,15",  # with --course
+        "DELETE,/a,501,16",
     ]
     impossible = ["PUT,/a,206,11", "HEAD,/a,416,12", "DELETE,/a,201,13", "PATCH,/a,200,14"]
     log.write_text("".join(line + "\n" for line in good + impossible))
     report = check(log)
     assert [violation.kind for violation in report.violations] == ["malformed-line"] * 4
-    assert all(f"line {n}:" in report.render() for n in range(11, 15)), report.render()
+    assert all(f"line {n}:" in report.render() for n in range(13, 17)), report.render()
 
 
 def test_a_version_1_history_is_still_read(tmp_path: Path) -> None:

@@ -188,6 +188,25 @@ def test_decide_read(conditions: Conditions | None, expected: ReadDecision) -> N
     assert read(conditions) == expected
 
 
+def test_a_suffix_of_an_empty_file_is_the_whole_empty_file() -> None:
+    # RFC 9110 §14.1.1: the one satisfiable range of an empty file, with no byte to send.
+    assert read(Conditions(range=ByteRange(None, None, 5)), size=0) == ReadDecision(
+        ReadOutcome.WHOLE
+    )
+    assert read(Conditions(range=ByteRange(None, None, 0)), size=0) == ReadDecision(
+        ReadOutcome.UNSATISFIABLE
+    )
+    assert read(Conditions(range=ByteRange(0, None, None)), size=0) == ReadDecision(
+        ReadOutcome.UNSATISFIABLE
+    )
+
+
+def test_only_if_match_and_if_none_match_make_a_write_conditional() -> None:
+    assert Conditions(if_match=ANY).preconditions
+    assert Conditions(if_none_match=frozenset()).preconditions
+    assert not Conditions(range=ByteRange(0, 1, None), if_range=ETAG).preconditions
+
+
 def test_head_ignores_the_range() -> None:
     conditions = Conditions(range=ByteRange(20, None, None))
     assert read(conditions, ranged=False) == ReadDecision(ReadOutcome.WHOLE)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,14 @@ def test_without_extended_attributes_each_version_gets_a_new_modification_time(
         assert etag == stat_etag(path.stat()) == etag_of(path)
         etags.append(etag)
     assert len(set(etags)) == len(etags)
+
+
+def test_a_copy_with_the_stamp_and_times_is_another_version(tmp_path: Path) -> None:
+    original = tmp_path / "f"
+    original.write_bytes(b"content")
+    etag = stamp(EtagStamper.for_log(9), original, 99)
+    copy = tmp_path / "g"
+    shutil.copy2(original, copy)  # like cp -a: content, times and extended attributes
+    assert os.getxattr(copy, "user.asrv.etag") == os.getxattr(original, "user.asrv.etag")
+    assert etag_of(copy) == stat_etag(copy.stat()) != etag
+    assert etag_of(original) == etag

@@ -708,6 +708,37 @@ def test_trace_shows_each_delete_unlink_after_its_line_is_durable(
         assert any(written.end < sync.begin and sync.end < gone.begin for sync in log_syncs)
 
 
+def test_trace_shows_each_etag_stamp_durable_before_its_put_line(
+    site: Site, traced_server: Callable[..., Traced], tmp_path: Path
+) -> None:
+    """A new version's ETag lives in an extended attribute, which fdatasync does not cover:
+    the stamped file is fsync'd before the PUT's line is written."""
+    trace = tmp_path / "trace"
+    syscalls = "write,fsync,fdatasync,fsetxattr"
+    server = traced_server(["-yy", "-s", "4096", "-e", f"trace={syscalls}", "-o", str(trace)])
+    names = [f"p{n}" for n in range(8)]
+
+    async def load() -> list[bytes]:
+        return await asyncio.gather(*(put(server.port, name, b"x" * 100, name) for name in names))
+
+    assert asyncio.run(load()) == [response(201, "Created")] * len(names)
+    server.signal(signal.SIGTERM)
+    assert server.wait(10) == 0
+    calls = parse_trace(trace.read_text())
+    log_path = str(site.log.resolve())
+    root = str(site.root.resolve())
+    for name in names:
+        intent = re.compile(rf"{re.escape(root)}/\.asrv~[0-9a-f]+~\d+~{name}")
+        written = next(
+            c
+            for c in calls
+            if c.fd == log_path and c.name == "write" and f",{name}\n".encode() in c.data
+        )
+        stamped = [c for c in calls if c.name == "fsetxattr" and c.end < written.begin]
+        synced = [c for c in calls if c.name == "fsync" and intent.fullmatch(c.fd)]
+        assert stamped and any(c.end < written.begin for c in synced), name
+
+
 def test_recovery_makes_a_line_durable_before_redoing_its_put(
     site: Site, traced_server: Callable[..., Traced], tmp_path: Path
 ) -> None:

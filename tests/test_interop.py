@@ -540,7 +540,6 @@ def test_curl_head_range_resume_delete_and_conditional_update(
     """The README's curl examples, as written there."""
     content = os.urandom(300_000)
     (site.root / "a.bin").write_bytes(content)
-    (site.root / "n.txt").write_text("41\n")
     server = start(spawn_server)
     base = f"http://{HOST}:{server.port}"
     head = run_tool(curl, "-q", "-sS", "-I", f"{base}/a.bin")
@@ -558,13 +557,23 @@ def test_curl_head_range_resume_delete_and_conditional_update(
     assert partial.read_bytes() == content
     again = run_tool(curl, "-q", "-sS", "-C", "-", "-o", str(partial), f"{base}/a.bin")
     assert again.returncode == 0, again.stderr  # already complete: curl accepts the 416
-    read = run_tool(curl, "-q", "-sS", "-i", "-H", "If-Match: *", f"{base}/n.txt")
-    assert read.returncode == 0, read.stderr
-    head_text, _, value = read.stdout.partition("\r\n\r\n")
-    version = head_text.split("ETag: ")[1]
-    update = [curl, "-q", "-sS", "-X", "PUT", "-H", f"If-Match: {version}", "--data-binary"]
-    assert run_tool(*update, str(int(value) + 1), f"{base}/n.txt").stdout == "OK\n"
-    assert run_tool(*update, "0", f"{base}/n.txt").stdout == "Precondition Failed\n"
+    # The README's read-modify-write of a counter, as written there: it creates the file,
+    # then updates it over the version it read.
+    counter = readme_counter_example().replace("127.0.0.1:8080", f"{HOST}:{server.port}")
+    for _ in range(2):
+        ran = subprocess.run(
+            ["bash", "-e", "-c", counter],
+            check=False,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+    stale = run_tool(
+        curl, "-q", "-sS", "-X", "PUT", "-H", 'If-Match: "w-0-0-0"', "-d", "0", f"{base}/n.txt"
+    )
+    assert stale.stdout == "Precondition Failed\n"
     deleted = run_tool(curl, "-q", "-sS", "-X", "DELETE", f"{base}/a.bin")
     assert deleted.stdout == "OK\n"
     assert stop(server, site) == [
@@ -572,12 +581,22 @@ def test_curl_head_range_resume_delete_and_conditional_update(
         "GET,/a.bin,206,0",
         "GET,/a.bin,206,0",
         "GET,/a.bin,416,0",
+        "GET,/n.txt,404,0",
+        "PUT,/n.txt,201,0",
         "GET,/n.txt,200,0",
         "PUT,/n.txt,200,0",
         "PUT,/n.txt,412,0",
         "DELETE,/a.bin,200,0",
     ]
-    assert (site.root / "n.txt").read_text() == "42"
+    assert (site.root / "n.txt").read_text() == "2\n"
+
+
+def readme_counter_example() -> str:
+    """The README's read-modify-write example: the lines of its code block from the one
+    that introduces it to the end of the block."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    start = text.index("# A safe read-modify-write of a counter")
+    return text[start : text.index("```", start)]
 
 
 def test_wget_continues_an_interrupted_download(

@@ -177,8 +177,11 @@ async def test_range_of_an_empty_file_is_unsatisfiable(
     async with running_server() as server:
         reply = await request(server.port, "GET", "/empty", range="bytes=0-")
         whole = await request(server.port, "GET", "/empty", range="bytes=0-0,1-1")
+        suffix = await request(server.port, "GET", "/empty", range="bytes=-5")
     assert (reply.status, reply.header("Content-Range")) == (416, "bytes */0")
     assert (whole.status, whole.body) == (200, b"")
+    # RFC 9110 §14.1.1: an empty file's one satisfiable range, with no byte a 206 could send.
+    assert (suffix.status, suffix.body, suffix.header("Content-Range")) == (200, b"", None)
 
 
 async def test_ranges_of_a_large_file_are_streamed_from_their_offset(
@@ -316,6 +319,21 @@ async def test_conditional_reads(site_a: Site, running_server: ServerFactory) ->
     assert [line.split(",")[2] for line in site_a.log_lines()] == [
         *("200", "304", "304", "200", "412", "404", "200")
     ]
+
+
+async def test_range_and_if_range_on_a_write_change_nothing(
+    site_a: Site, running_server: ServerFactory
+) -> None:
+    # RFC 9110 §14.2: Range means nothing to a PUT or DELETE; they are answered as plain
+    # requests, byte for byte.
+    async with running_server() as server:
+        put = await exchange(
+            server.port,
+            b'PUT /b HTTP/1.1\r\nRange: bytes=0-1\r\nIf-Range: "x"\r\nContent-Length: 1\r\n\r\nb',
+        )
+        delete = await exchange(server.port, b"DELETE /a HTTP/1.1\r\nRange: bytes=0-1\r\n\r\n")
+    assert put == response(201, "Created")
+    assert delete == response(200, "OK")
 
 
 async def test_course_mode_keeps_the_course_behaviour(
