@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from asrv import Config
-from asrv.auditlog import AuditLog
+from asrv.auditlog import AuditLog, LogFailure
 from asrv.errors import FatalError
 from asrv.http import RequestLine, Status
 from asrv.locks import LockTable
@@ -81,6 +81,10 @@ def test_a_logged_put_that_cannot_be_installed_stops_and_recovery_finishes_it(
     with pytest.raises(FatalError, match="cannot install logged PUT /a"):
         store.put(RequestLine("PUT", "/a", "HTTP/1.1"), "1", upload)
     monkeypatch.undo()
+    # The log stopped before the file's lock was released: nothing later is logged against
+    # content the log does not describe.
+    with pytest.raises(LogFailure, match="cannot install"):
+        store.delete(RequestLine("DELETE", "/a", "HTTP/1.1"), "2")
     # Write-ahead: the line is durable, and its intent file is there for recovery.
     assert site.log_lines() == ["PUT,/a,201,1"]
     assert not (site.root / "a").exists()
@@ -88,3 +92,27 @@ def test_a_logged_put_that_cannot_be_installed_stops_and_recovery_finishes_it(
     assert recover(root_fd, log_file) == RecoveryReport(redone=1)
     assert (site.root / "a").read_bytes() == b"logged content"
     assert temp_names(site.root) == []
+
+
+def test_a_logged_delete_that_cannot_unlink_stops_and_recovery_finishes_it(
+    site: Site, opened: tuple[Store, LogFile, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, log_file, root_fd = opened
+    (site.root / "a").write_bytes(b"doomed")
+    real_unlink = os.unlink
+
+    def unlink(path: str, **kwargs: Any) -> None:
+        if path == "a":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_unlink(path, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(FatalError, match="cannot finish logged DELETE /a"):
+        store.delete(RequestLine("DELETE", "/a", "HTTP/1.1"), "1")
+    monkeypatch.undo()
+    with pytest.raises(LogFailure):
+        store.get(RequestLine("GET", "/a", "HTTP/1.1"), "2")
+    assert site.log_lines() == ["DELETE,/a,200,1"]
+    assert (site.root / "a").read_bytes() == b"doomed"  # logged, not yet in effect
+    assert recover(root_fd, log_file) == RecoveryReport(redone=1)
+    assert sorted(p.name for p in site.root.iterdir()) == []
