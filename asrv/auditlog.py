@@ -23,6 +23,7 @@ acknowledged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import deque
@@ -126,18 +127,22 @@ class AuditLog:
     ) -> None:
         """Give a reserved slot its line; `dir_sync` if it renamed a file in the root, and
         `sync_fd` open on a file whose metadata must be durable before the line (a PUT's
-        new version, stamped with its ETag). Keep `sync_fd` open until the line is
-        durable or the log failed (`sync` returns or raises)."""
+        new version, stamped with its ETag). The log syncs a duplicate of `sync_fd` that
+        it owns: the caller may close its own whenever it likes (say, when the log fails
+        while a leader is still syncing this slot)."""
         if len(line) != reservation.length:
             raise ValueError("a reserved line must keep its length (its end offset is fixed)")
+        owned = None if sync_fd is None else os.dup(sync_fd)
         with self._cond:
             for slot in self._pending:
                 if slot.seq == reservation.seq:
                     slot.line = line
                     slot.needs_dir_sync = dir_sync
-                    slot.sync_fd = sync_fd
+                    slot.sync_fd = owned
                     break
             else:
+                if owned is not None:
+                    os.close(owned)
                 raise ValueError(f"no reserved slot {reservation.seq}")
             # A flush may be waiting for this slot to become ready.
             self._cond.notify_all()
@@ -147,12 +152,18 @@ class AuditLog:
         waiter gets the failure, which is returned to be raised. For when the files can no
         longer be made to agree with lines already durable: any later line could depend on
         an effect that did not happen."""
-        failure = LogFailure(reason)
         with self._cond:
-            if self._failure is None:
-                self._failure = failure
-            self._cond.notify_all()
-        return failure
+            return self._stop(LogFailure(reason))
+
+    def _stop(self, failure: LogFailure) -> LogFailure:
+        """Under the mutex: record the log's first failure (later ones only follow from it),
+        release what the slots that will never be written hold, wake every waiter."""
+        if self._failure is None:
+            self._failure = failure
+        for slot in self._pending:
+            _release(slot)
+        self._cond.notify_all()
+        return self._failure
 
     def sync(self, seq: int) -> None:
         """Block until every line up to `seq` is durable, leading flushes as needed."""
@@ -214,21 +225,33 @@ class AuditLog:
                 # The renamed temp files of these PUTs must be durable before their lines
                 # can be: recovery finds them by the offsets in their names.
                 os.fsync(self._dir_fd)
+            # A log stopped meanwhile (`fail`) makes nothing more durable.
+            self._check_alive()
             _write_all(self._fd, b"".join(slot.line or b"" for slot in batch))
             if self._sync_data:
                 os.fdatasync(self._fd)
-        except OSError as error:
-            failure = LogFailure(f"audit log: {error.strerror or error}")
+        except (OSError, LogFailure) as error:
             with self._cond:
-                self._failure = failure
                 self._flushing = False
-                self._cond.notify_all()
-            raise failure from error
+                if isinstance(error, LogFailure):
+                    raise self._stop(error) from None
+                raise self._stop(LogFailure(f"audit log: {error.strerror or error}")) from error
+        finally:
+            for slot in batch:
+                _release(slot)
         with self._cond:
             self._durable_seq = batch[-1].seq
             self._flushing = False
             self.syncs += 1
             self._cond.notify_all()
+
+
+def _release(slot: _Slot) -> None:
+    """Close the descriptor a slot owns, once it is synced or will never be."""
+    fd, slot.sync_fd = slot.sync_fd, None
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import mmap
 import os
 import re
 from dataclasses import dataclass
@@ -153,7 +154,8 @@ def recover(root_fd: int, log: LogFile) -> RecoveryReport:
             os.unlink(name, dir_fd=root_fd)
     # Oldest first: if a file has several, the one logged last must end up in effect.
     for intent in sorted(redo):
-        _redo(root_fd, intent)
+        assert log.readback_fd is not None  # an intent is never redone without it
+        _redo(root_fd, log.readback_fd, intent)
     for intent in restore:
         _undo_delete(root_fd, intent)
     if redo or remove or restore:
@@ -176,7 +178,7 @@ def _parse_intent(name: str, log_tag: str) -> _Intent | None:
     return None
 
 
-def _redo(root_fd: int, intent: _Intent) -> None:
+def _redo(root_fd: int, log_fd: int, intent: _Intent) -> None:
     """Put a logged request in effect: install a PUT's content, or finish a DELETE."""
     try:
         if intent.kind is _Kind.PUT:
@@ -186,6 +188,11 @@ def _redo(root_fd: int, intent: _Intent) -> None:
         # DELETE's own file goes.
         if _same_file(root_fd, intent.name, intent.target):
             os.unlink(intent.target, dir_fd=root_fd)
+        elif _exists(root_fd, intent.target) and not _put_logged_after(log_fd, intent):
+            raise _refuse(
+                f"{intent.target} is another file than {intent.name}, and no PUT after "
+                f"byte {intent.offset} of the log explains it"
+            )
         os.unlink(intent.name, dir_fd=root_fd)
     except OSError as error:
         raise _refuse(
@@ -212,6 +219,24 @@ def _undo_delete(root_fd: int, intent: _Intent) -> None:
             f"cannot give {intent.target} back from {intent.name}: {error.strerror}"
         ) from None
     raise _refuse(f"cannot give {intent.target} back from {intent.name}: the name is taken")
+
+
+def _put_logged_after(log_fd: int, intent: _Intent) -> bool:
+    """Whether a PUT of the intent's target that wrote a file is logged after its line."""
+    size = os.fstat(log_fd).st_size
+    if size <= intent.offset:
+        return False
+    pattern = re.compile(rb"^PUT,/" + re.escape(intent.target.encode()) + rb",20[01],", re.M)
+    with mmap.mmap(log_fd, size, access=mmap.ACCESS_READ) as log:
+        return pattern.search(log, intent.offset) is not None
+
+
+def _exists(root_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _same_file(root_fd: int, first: str, second: str) -> bool:

@@ -279,9 +279,13 @@ class Store:
                         f"cannot finish logged DELETE {line.uri}: {error}"
                     ) from error
         # Outside the lock, as nothing names the file any more: the last unlink frees its
-        # blocks, which can take long for a large file. If it fails, the intent stays, and
-        # the next start removes it.
+        # blocks, which can take long for a large file. The name's unlink must be durable
+        # before the intent's, or a power cut could bring the name back with no intent
+        # left to tell recovery to finish the DELETE. If either step fails, the intent
+        # stays, and the next start removes it.
         with contextlib.suppress(OSError):
+            if self._sync_data:
+                os.fsync(self._root)
             os.unlink(intent, dir_fd=self._root)
         return WriteResult(status, reservation.seq)
 

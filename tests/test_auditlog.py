@@ -59,22 +59,32 @@ class Gate:
 
 
 class Calls:
-    """Records os-level calls on chosen descriptors, in order, and performs them."""
+    """Records os-level calls on the files chosen descriptors are open on (through those
+    descriptors or duplicates of them), in order, and performs them."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fds: dict[int, str]) -> None:
         self.log: list[str] = []
+        files = {_identity(fd): name for fd, name in fds.items()}
         for name in ("write", "fsync", "fdatasync"):
-            self._wrap(monkeypatch, name, fds)
+            self._wrap(monkeypatch, name, files)
 
-    def _wrap(self, monkeypatch: pytest.MonkeyPatch, name: str, fds: dict[int, str]) -> None:
+    def _wrap(
+        self, monkeypatch: pytest.MonkeyPatch, name: str, files: dict[tuple[int, int], str]
+    ) -> None:
         real = getattr(os, name)
 
         def recorded(fd: int, *args: Any) -> Any:
-            if fd in fds:
-                self.log.append(f"{name}({fds[fd]})")
+            file = files.get(_identity(fd))
+            if file is not None:
+                self.log.append(f"{name}({file})")
             return real(fd, *args)
 
         monkeypatch.setattr(os, name, recorded)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return (info.st_dev, info.st_ino)
 
 
 @pytest.fixture
@@ -602,6 +612,8 @@ def test_a_stamped_file_is_synced_before_the_directory_and_its_line(
     put = b"PUT,/a,201,1\n"
     reservation = log.reserve(put)
     log.fill(reservation, put, dir_sync=True, sync_fd=version)
+    fds.remove(version)
+    os.close(version)  # the log syncs a descriptor of its own
     log.sync(reservation.seq)
     assert calls.log == ["fsync(version)", "fsync(dir)", "write(log)", "fdatasync(log)"]
 
@@ -617,3 +629,30 @@ def test_a_failed_log_takes_no_more_lines(open_log: Callable[..., AuditLog], pat
     with pytest.raises(LogFailure):
         log.append(entry(3))
     assert path.read_bytes() == entry(1)
+
+
+def test_a_log_stopped_during_a_flush_writes_nothing_more(
+    open_log: Callable[..., AuditLog],
+    path: Path,
+    tmp_path: Path,
+    fds: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    fds.append(dir_fd)
+    log = open_log(dir_fd=dir_fd)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        if fd == dir_fd:  # another thread stops the log while this leader syncs
+            log.fail("cannot finish logged DELETE /x")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    put = b"PUT,/a,201,1\n"
+    reservation = log.reserve(put)
+    log.fill(reservation, put, dir_sync=True)
+    with pytest.raises(LogFailure, match="cannot finish logged DELETE"):
+        log.sync(reservation.seq)
+    assert path.read_bytes() == b""
+    assert str(log.failure) == "cannot finish logged DELETE /x"  # the first failure stays

@@ -345,6 +345,15 @@ def test_a_304_may_declare_the_length_of_its_200(run: Scenario) -> None:
     assert_passes(run.check())
 
 
+def test_head_and_delete_refused_by_a_course_server_change_nothing(tmp_path: Path) -> None:
+    run = Scenario(tmp_path, None)  # nothing known about the files: nothing may be learnt
+    run.send("DELETE", "/a", 501)
+    run.send("HEAD", "/b", 501, content_length=16)
+    run.send("GET", "/a", 404)
+    run.send("GET", "/b", 200, response=b"b")
+    assert_passes(run.check())
+
+
 def test_a_suffix_range_of_an_empty_file_is_the_whole_file(tmp_path: Path) -> None:
     run = Scenario(tmp_path, {"/e": b""})
     run.send("GET", "/e", 200, headers={"Range": "bytes=-5"}, etag='"e0"', response=b"")

@@ -706,6 +706,15 @@ def test_trace_shows_each_delete_unlink_after_its_line_is_durable(
         log_syncs = [c for c in calls if c.fd == log_path and c.name == "fdatasync"]
         assert any(linked.end < sync.begin and sync.end < written.begin for sync in dir_syncs)
         assert any(written.end < sync.begin and sync.end < gone.begin for sync in log_syncs)
+        # The name's unlink is durable before the intent's: until then, recovery needs it.
+        intent_gone = next(
+            c
+            for c in calls
+            if c.name == "unlinkat"
+            and c.data.startswith(b".asrv-deleted~")
+            and c.data.endswith(b"~" + name.encode())
+        )
+        assert any(gone.end < sync.begin and sync.end < intent_gone.begin for sync in dir_syncs)
 
 
 def test_trace_shows_each_etag_stamp_durable_before_its_put_line(

@@ -288,6 +288,19 @@ def test_a_logged_delete_spares_a_file_a_later_put_installed(site: Site) -> None
     assert (site.root / "a").read_bytes() == b"put after the delete"
 
 
+def test_a_logged_delete_stops_the_start_over_a_file_no_later_put_explains(
+    site: Site,
+) -> None:
+    lines = b"DELETE,/a,200,1\nGET,/a,404,2\n"
+    site.log.write_bytes(lines)
+    debris = deletion_intent(site, 16, "a")
+    debris.write_bytes(b"deleted")
+    (site.root / "a").write_bytes(b"from nowhere")
+    with pytest.raises(StartupError, match="no PUT after byte 16"):
+        recover_dir(site.root, site.log)
+    assert debris.exists() and (site.root / "a").read_bytes() == b"from nowhere"
+
+
 def test_without_hard_links_a_moved_file_is_given_back_or_removed(site: Site) -> None:
     # Where link(2) is refused, a DELETE moves its file to the intent instead.
     lines = b"DELETE,/a,200,1\n"
