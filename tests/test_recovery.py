@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from asrv import Config
+from asrv.check import check
 from asrv.errors import ExitStatus, StartupError
 from asrv.etags import EtagStamper, current_etag
+from asrv.load import LoadOptions, Summary, run_load
 from asrv.logfile import LogFile
 from asrv.recovery import RecoveryReport, recover
 from tests.conftest import Process, ServerFactory, Site, exchange, get, put, split_response
@@ -352,3 +354,47 @@ def test_a_redone_put_keeps_the_etag_it_was_stamped_with(site: Site) -> None:
         assert current_etag(fd, os.fstat(fd)) == etag
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("round_number", range(3))
+def test_kill_9_under_a_mixed_load_then_the_log_still_explains_everything(
+    site: Site, spawn_server: Callable[..., Process], round_number: int
+) -> None:
+    """Every kind of request at once (GET, HEAD, ranges, PUT, DELETE, conditional
+    read-modify-writes), a kill -9 at a random moment, a restart that recovers: the log
+    must be a linearization of what the clients saw, and the files its replay."""
+    rng = random.Random(round_number)
+    server = spawn_server("-t", "4")
+    history = site.log.with_name("history.jsonl")
+    options = LoadOptions(
+        port=server.port,
+        root=site.root,
+        history=history,
+        clients=24,
+        requests=4000,
+        uris=3,
+        get_ratio=0.25,
+        head_ratio=0.1,
+        delete_ratio=0.15,
+        range_ratio=0.2,
+        cas=True,
+        keep_alive=True,
+        max_body=300_000,
+        seed=round_number,
+        request_timeout=10,
+    )
+
+    async def crash_during_load() -> Summary:
+        load = asyncio.ensure_future(run_load(options))
+        await asyncio.sleep(rng.uniform(0.3, 1.5))
+        server.popen.send_signal(signal.SIGKILL)
+        server.popen.wait(30)
+        return await asyncio.wait_for(load, 120)
+
+    summary = asyncio.run(crash_during_load())
+    assert summary.statuses and summary.failures, summary.line()  # the crash came mid-run
+    restarted = spawn_server()
+    assert restarted.stop() == 0
+    report = check(site.log, history, final_dir=site.root)
+    assert report.ok, report.render()
+    assert not [p.name for p in site.root.iterdir() if p.name.startswith(".asrv")]
