@@ -216,8 +216,6 @@ class AuditLog:
         try:
             needs_dir_sync = any(slot.needs_dir_sync for slot in batch)
             if self._sync_data:
-                # Where the filesystem journals metadata in order, the first of these
-                # commits all of them and the directory's renames too; the rest are cheap.
                 for slot in batch:
                     if slot.sync_fd is not None:
                         os.fsync(slot.sync_fd)

@@ -24,6 +24,7 @@ from asrv.config import Config
 from asrv.connection import Connection, Services
 from asrv.errors import ExitStatus, FatalError, StartupError
 from asrv.etags import EtagStamper
+from asrv.filesystem import journals_metadata_in_order
 from asrv.locks import LockTable
 from asrv.logfile import LogFile
 from asrv.pool import WorkerPool
@@ -162,6 +163,7 @@ class Server:
             protected=log_file.identity,
             log_tag=log_file.tag,
             stamper=EtagStamper.for_log(log_file.inode),
+            metadata_in_order=journals_metadata_in_order(root_fd),
         )
         try:
             self._pool.start(settle=lambda: log.sync(log.last_seq))

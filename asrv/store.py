@@ -119,11 +119,15 @@ class Store:
         protected: FileIdentity | None = None,
         log_tag: str = "-",
         stamper: EtagStamper | None = None,
+        metadata_in_order: bool = False,
     ) -> None:
         """`sink_fd` is open for writing on /dev/null: `warm` reads files into it.
         `log_tag` names the log in intent names (`LogFile.tag`); `stamper` gives new
-        versions their ETags."""
+        versions their ETags. `metadata_in_order`: the root's filesystem journals metadata
+        in order (`filesystem`), so syncing the root also makes earlier stamps and unlinks
+        durable; otherwise the store has them synced explicitly."""
         self._root = root_fd
+        self._metadata_in_order = metadata_in_order
         self._log_tag = log_tag
         self._stamper = stamper or EtagStamper.for_run()
         self._sink = sink_fd
@@ -280,11 +284,12 @@ class Store:
                     ) from error
         # Outside the lock, as nothing names the file any more: the last unlink frees its
         # blocks, which can take long for a large file. The name's unlink must be durable
-        # before the intent's, or a power cut could bring the name back with no intent
-        # left to tell recovery to finish the DELETE. If either step fails, the intent
-        # stays, and the next start removes it.
+        # before the intent's (a journal that keeps metadata in order sees to it), or a
+        # power cut could bring the name back with no intent left to tell recovery to
+        # finish the DELETE. If either step fails, the intent stays, and the next start
+        # removes it.
         with contextlib.suppress(OSError):
-            if self._sync_data:
+            if self._sync_data and not self._metadata_in_order:
                 os.fsync(self._root)
             os.unlink(intent, dir_fd=self._root)
         return WriteResult(status, reservation.seq)
@@ -325,7 +330,9 @@ class Store:
             self.log.fill(reservation, failed, dir_sync=False)
             return Status.INTERNAL_ERROR, reservation.seq, None
         filled = log_entry(line, status, request_id)
-        self.log.fill(reservation, filled, dir_sync=True, sync_fd=upload.fd)
+        # The stamp is metadata of the new version, which fdatasync did not cover.
+        stamped = None if self._metadata_in_order else upload.fd
+        self.log.fill(reservation, filled, dir_sync=True, sync_fd=stamped)
         # Write-ahead: the line, and the renamed and stamped temp it names, are durable
         # before the new content takes the target's place.
         self.log.sync(reservation.seq)
