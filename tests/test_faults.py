@@ -128,8 +128,12 @@ def traced_server(site: Site, tmp_path: Path) -> Iterator[Callable[..., Traced]]
         pytest.skip(problem)
     started: list[tuple[subprocess.Popen[bytes], list[int]]] = []
 
-    def spawn(strace_options: list[str], *args: str, on: Site = site) -> Traced:
-        argv = ["strace", "-f", "-qq", "--seccomp-bpf", *strace_options]
+    def spawn(
+        strace_options: list[str], *args: str, on: Site = site, seccomp: bool = True
+    ) -> Traced:
+        # --seccomp-bpf stops the server only at the traced syscalls (much faster), but with
+        # it this strace never delivered a signal injected at `when=N` for N > 1.
+        argv = ["strace", "-f", "-qq", *(["--seccomp-bpf"] if seccomp else []), *strace_options]
         if "-o" not in strace_options:
             argv += ["-o", os.devnull]
         argv += [sys.executable, "-m", "asrv", "--host", HOST, "--root", str(on.root)]
@@ -785,6 +789,96 @@ def test_trace_shows_each_etag_stamp_durable_before_its_put_line(
             assert not synced, "a stamp synced on its own where the journal covers it"
         else:
             assert any(c.end < written.begin for c in synced), name
+
+
+# Crash points: kill -9 at an exact syscall of a PUT's or DELETE's critical step.
+
+CRASH_SEQUENCE = [
+    ("PUT", "a", {}),
+    ("PUT", "b", {}),
+    ("DELETE", "a", {}),
+    ("PUT", "a", {"If-None-Match": "*"}),
+    ("GET", "b", {}),
+    ("DELETE", "b", {"If-Match": "*"}),
+    ("PUT", "b", {}),
+    ("DELETE", "a", {}),
+    ("HEAD", "a", {}),
+]
+"""Requests sent one after another to a server with one worker, whose thread then makes
+every file syscall in a known order (see CRASH_POINTS)."""
+
+CRASH_POINTS = [
+    # (syscall, its n-th call on the worker): what the process is doing when it dies
+    ("fdatasync", 1),  # the first PUT's upload, before its critical step
+    ("fsetxattr", 1),  # stamping the first PUT's new version
+    ("renameat", 1),  # the first PUT's upload to its intent name
+    ("fsync", 1),  # the leader syncs the root before the first PUT's line
+    ("fdatasync", 2),  # the first PUT's line, written and being synced
+    ("renameat", 2),  # installing the first PUT, its line durable
+    ("linkat", 1),  # the first DELETE's intent
+    ("fsync", 3),  # the root, before the first DELETE's line
+    ("fdatasync", 5),  # the first DELETE's line
+    ("unlinkat", 1),  # the first DELETE's name, its line durable
+    ("unlinkat", 2),  # the first DELETE's intent
+    ("fsetxattr", 3),  # the conditional PUT's stamp
+    ("renameat", 6),  # installing the conditional PUT
+    ("linkat", 2),  # the conditional DELETE's intent
+    ("unlinkat", 3),  # the conditional DELETE's name
+    ("unlinkat", 5),  # the last DELETE's name
+]
+
+
+@pytest.mark.parametrize(
+    ("syscall", "when"), CRASH_POINTS, ids=[f"{s}-{w}" for s, w in CRASH_POINTS]
+)
+def test_a_crash_at_each_point_of_a_change_leaves_what_the_log_says(
+    site: Site,
+    traced_server: Callable[..., Traced],
+    spawn_server: Callable[..., Process],
+    syscall: str,
+    when: int,
+) -> None:
+    options = ["-e", f"trace={syscall}", "-e", f"inject={syscall}:signal=SIGKILL:when={when}"]
+    server = traced_server(options, "-t", "1", seccomp=False)
+    answered: dict[str, tuple[int, bytes]] = {}
+
+    async def send_all() -> None:
+        for number, (method, name, fields) in enumerate(CRASH_SEQUENCE):
+            rid = f"r{number}"
+            body = body_for(rid) if method == "PUT" else b""
+            lines = [f"{method} /{name} HTTP/1.1", f"Request-Id: {rid}"]
+            lines += [f"{field}: {value}" for field, value in fields.items()]
+            if method == "PUT":
+                lines.append(f"Content-Length: {len(body)}")
+            try:
+                answer = await exchange(
+                    server.port, "\r\n".join(lines).encode() + b"\r\n\r\n" + body
+                )
+            except ConnectionError:
+                return
+            if not answer:
+                return  # killed before answering
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            answered[rid] = (int(head[9:12]), rest)
+
+    asyncio.run(send_all())
+    assert server.wait(30) != 0, "the crash point was never reached"
+    assert len(answered) < len(CRASH_SEQUENCE)
+    restarted = spawn_server("-t", "1")
+    assert restarted.stop() == 0
+    lines = site.log_lines()
+    logged = {line.rsplit(",", 1)[1]: line for line in lines}
+    for rid, (status, _) in answered.items():
+        assert logged[rid].split(",")[2] == str(status), (rid, lines)
+    # Every logged change is in effect, and no other: the files are the log's replay.
+    files: dict[str, bytes] = {}
+    for line in lines:
+        method, uri, status, rid = line.split(",")
+        if method == "PUT" and status in ("200", "201"):
+            files[uri[1:]] = body_for(rid)
+        elif method == "DELETE" and status == "200":
+            del files[uri[1:]]
+    assert {p.name: p.read_bytes() for p in site.root.iterdir()} == files, lines
 
 
 def test_recovery_makes_a_line_durable_before_redoing_its_put(
