@@ -1,5 +1,6 @@
 """asrv: a multi-threaded HTTP/1.1 file server whose audit log is a durable linearization."""
 
+from asrv.access import Tokens
 from asrv.config import Config, LoopChoice
 from asrv.errors import ExitStatus, FatalError, StartupError
 from asrv.server import Server, serve
@@ -13,6 +14,7 @@ __all__ = [
     "LoopChoice",
     "Server",
     "StartupError",
+    "Tokens",
     "__version__",
     "serve",
 ]

@@ -47,11 +47,12 @@ def _seconds(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asrv",
-        description="Serve the regular files of a directory over HTTP/1.1 (GET and PUT), "
+        description="Serve the regular files of a directory over HTTP/1.1 (GET, HEAD, PUT, "
+        "DELETE), "
         "logging every request, in a linearizable order, to a durable audit log.",
         epilog="examples:\n"
         "  asrv --threads 4 8080\n"
-        "  asrv --root /srv/files --log audit.log --host 127.0.0.1 0\n"
+        "  asrv --root /srv/files --log audit.log --host 0.0.0.0 --write-tokens writers 0\n"
         "  asrv --course 8080",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -131,6 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request head (default: 8192, or 2048 with --course)",
     )
     parser.add_argument(
+        "--read-only", action="store_true", help="PUT and DELETE get 403 (default: off)"
+    )
+    parser.add_argument(
+        "--write-tokens",
+        type=Path,
+        metavar="FILE",
+        help="file of bearer tokens, one a line: PUT and DELETE need one (default: anyone "
+        "may write); re-read on SIGHUP",
+    )
+    parser.add_argument(
+        "--read-tokens",
+        type=Path,
+        metavar="FILE",
+        help="file of bearer tokens that GET and HEAD need; a write token reads too "
+        "(default: anyone may read); re-read on SIGHUP",
+    )
+    parser.add_argument(
         "--keep-alive",
         action="store_true",
         help="accepted for compatibility: connections persist by default (not with --course)",
@@ -176,6 +194,9 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, bool]:
             max_head=args.max_head,
             fsync=args.fsync,
             loop=LoopChoice(args.loop),
+            read_only=args.read_only,
+            write_tokens=args.write_tokens,
+            read_tokens=args.read_tokens,
         )
     except ValueError as error:
         raise StartupError(f"asrv: {error}", ExitStatus.USAGE) from None
@@ -234,7 +255,9 @@ async def _serve(config: Config, diagnostics: _Diagnostics, loop_name: str) -> i
         sys.stderr = sys.stdout
     try:
         try:
-            _install_signal_handlers(server)
+            _install_signal_handlers(server, diagnostics)
+            for warning in server.access_warnings():
+                diagnostics.error(warning)
             if server.recovery:
                 diagnostics.info(f"asrv: {server.recovery.describe()}")
             diagnostics.info(
@@ -262,7 +285,7 @@ _ABOUT_THE_LOG = (ExitStatus.LOG_UNUSABLE, ExitStatus.RECOVERY_FAILED)
 """Start-up failures met once the log has been opened."""
 
 
-def _install_signal_handlers(server: Server) -> None:
+def _install_signal_handlers(server: Server, diagnostics: _Diagnostics) -> None:
     loop = asyncio.get_running_loop()
     signals_seen = 0
     closing: list[asyncio.Task[None]] = []
@@ -282,6 +305,12 @@ def _install_signal_handlers(server: Server) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
+
+    def on_hangup() -> None:
+        for line in server.reload_tokens():
+            diagnostics.error(line)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
 
 def _loop_factory(choice: LoopChoice) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:

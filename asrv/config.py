@@ -5,9 +5,11 @@ from __future__ import annotations
 import enum
 import ipaddress
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from asrv.access import Tokens
 from asrv.http import COURSE_MAX_HEAD, DEFAULT_MAX_HEAD, Grammar
 
 STDERR = "-"
@@ -32,8 +34,9 @@ class Config:
     """Audit log path (appended to, created if missing), or "-" for standard error."""
     root: Path = Path(".")
     """Directory whose regular files are served."""
-    host: str = "0.0.0.0"
-    """Numeric address to bind."""
+    host: str = "127.0.0.1"
+    """Numeric address to bind: this machine only, by default; "0.0.0.0" or "::" serves the
+    network."""
     timeout: float = 5.0
     """Seconds a connection may go without sending or accepting a byte."""
     head_timeout: float = 10.0
@@ -54,6 +57,12 @@ class Config:
     """Make audit lines and PUT data durable before each response."""
     loop: LoopChoice = LoopChoice.AUTO
     """Event loop for the command line (an embedding program brings its own loop)."""
+    read_only: bool = False
+    """PUT and DELETE get 403."""
+    write_tokens: Path | Tokens | None = None
+    """A file of bearer tokens (or the tokens themselves): PUT and DELETE need one."""
+    read_tokens: Path | Tokens | None = None
+    """Bearer tokens that GET and HEAD need (a write token reads too)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not isinstance(self.port, int):
@@ -84,6 +93,14 @@ class Config:
             raise ValueError(f"host must be a numeric address, not {self.host!r}") from None
         object.__setattr__(self, "root", Path(self.root))
         object.__setattr__(self, "loop", LoopChoice(self.loop))
+        for name in ("write_tokens", "read_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, str | os.PathLike):
+                object.__setattr__(self, name, Path(value))
+            elif value is not None and not isinstance(value, Tokens):
+                raise ValueError(f"{name} must be a file's path or asrv.Tokens")
+        if self.course and (self.write_tokens is not None or self.read_tokens is not None):
+            raise ValueError("--course serves no tokens: the course's server has no Authorization")
 
     @property
     def log_is_stderr(self) -> bool:

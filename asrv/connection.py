@@ -21,6 +21,7 @@ import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from asrv.access import Access
 from asrv.budget import ReadBudget
 from asrv.channel import Channel, ClientGone
 from asrv.config import Config
@@ -57,6 +58,8 @@ class Services:
     store: Store
     budget: ReadBudget
     """The one bound on request bytes held in memory, across the server."""
+    access: Access
+    """Who may read and write."""
     on_fatal: Callable[[FatalError], None]
     stopping: asyncio.Event
     """Set when the server shuts down: serve what has arrived, then close."""
@@ -137,6 +140,9 @@ class Connection:
             return _step(await self._reject(event))
         request = event
         self._unlogged = (request.line, request.request_id)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return _step(await self._refuse(request, refusal))
         max_body = self._config.max_body
         if max_body is not None and (request.content_length or 0) > max_body:
             # The body is not read, so where the next request starts is unknown: close.
@@ -148,6 +154,26 @@ class Connection:
         if request.method is Method.DELETE:
             return _step(await self._delete(request))
         return _step(await self._get(request))  # GET or HEAD
+
+    def _refusal(self, request: Request) -> Status | None:
+        """401 for a request without a token it needs, 403 for a write to a read-only
+        server; None if it may go on (SPEC §3: after the method, before the file)."""
+        access = self._services.access
+        writes = request.method is Method.PUT or request.method is Method.DELETE
+        if not access.allows(writes, request.authorization):
+            return Status.UNAUTHORIZED
+        if writes and access.read_only:
+            return Status.FORBIDDEN
+        return None
+
+    async def _refuse(self, request: Request, status: Status) -> bool:
+        """Answer a refused request without reading its body: no 100 Continue, nothing
+        stored. The connection goes on only if there is no body to skip."""
+        keep = not request.content_length and self._keeps_open(request.persistence)
+        fields = b"WWW-Authenticate: Bearer\r\n" if status is Status.UNAUTHORIZED else b""
+        line, request_id = request.line, request.request_id
+        await self._respond(status, line, request_id, request.persistence, keep=keep, fields=fields)
+        return keep
 
     async def _next_request(self) -> Request | HttpError | None:
         """The next request head, or an error to answer; None if the connection ends
@@ -392,12 +418,20 @@ class Connection:
         persistence: Persistence,
         *,
         keep: bool = False,
+        fields: bytes = b"",
     ) -> None:
-        """Answer a request without file work (a 400, 413, 501, 505, or a failed upload):
-        log it if its request line parsed, then send the response."""
+        """Answer a request without file work (a 400, 401, 403, 413, 501, 505, or a failed
+        upload): log it if its request line parsed, then send the response."""
         if line is not None:
             await self._record(status, line, request_id)
-        await self._channel.send(fixed_response(status, persistence.connection_header(keep)))
+        connection = persistence.connection_header(keep)
+        if line is not None and line.method == "HEAD" and not self._config.course:
+            # RFC 9110 §9.3.2: the head a GET would get, and no body (the course's server
+            # knows no HEAD, and answers it as any other method).
+            body_length = len(status.body)
+            await self._channel.send(response_head(status, body_length, connection, fields))
+            return
+        await self._channel.send(fixed_response(status, connection, fields))
 
     async def _record(self, status: Status, line: RequestLine, request_id: str) -> None:
         """Log a request that did no file work, and wait until its line is durable."""

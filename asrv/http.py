@@ -48,6 +48,7 @@ class Status(enum.IntEnum):
     PARTIAL_CONTENT = 206
     NOT_MODIFIED = 304
     BAD_REQUEST = 400
+    UNAUTHORIZED = 401
     FORBIDDEN = 403
     NOT_FOUND = 404
     PRECONDITION_FAILED = 412
@@ -73,6 +74,7 @@ _PHRASES = {
     Status.PARTIAL_CONTENT: "Partial Content",
     Status.NOT_MODIFIED: "Not Modified",
     Status.BAD_REQUEST: "Bad Request",
+    Status.UNAUTHORIZED: "Unauthorized",
     Status.FORBIDDEN: "Forbidden",
     Status.NOT_FOUND: "Not Found",
     Status.PRECONDITION_FAILED: "Precondition Failed",
@@ -170,6 +172,8 @@ class Request(NamedTuple):
     persistence: Persistence
     conditions: Conditions | None = None
     """If-Match, If-None-Match, Range and If-Range (never with the course's grammar)."""
+    authorization: str | None = None
+    """The Authorization field (never with the course's grammar)."""
 
 
 class HttpError(Exception):
@@ -411,6 +415,7 @@ def parse_head(head: bytes, grammar: Grammar = DEFAULT) -> Request:
         persistence=persistence,
         # The course's server ignores these fields (SPEC §4.3).
         conditions=None if grammar.course else parse_conditions(fields),
+        authorization=None if grammar.course else fields.get("authorization"),
     )
 
 

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
+from asrv.access import Access, TokenError
 from asrv.auditlog import AuditLog
 from asrv.budget import ReadBudget
 from asrv.channel import Channel
@@ -55,6 +56,7 @@ class Server:
         self._backlog: socket.socket | None = None
         self._admitting = True  # false once shutdown has served every connection it owes
         self._budget = ReadBudget()
+        self._access = Access()
         self._connections: dict[Connection, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
@@ -73,6 +75,17 @@ class Server:
     def failure(self) -> FatalError | None:
         """Why the server stopped serving on its own, if it did."""
         return self._failure
+
+    def access_warnings(self) -> list[str]:
+        """What the operator should hear about the token files (say, open to others)."""
+        return self._access.warnings()
+
+    def reload_tokens(self) -> list[str]:
+        """Re-read the token files (the command line does on SIGHUP) without touching a
+        connection: each request is judged by the tokens of the moment its head arrived.
+        Returns lines for the operator: problems (a file that cannot be read keeps its
+        tokens) and warnings."""
+        return self._access.reload()
 
     @property
     def audit_log(self) -> AuditLog:
@@ -100,6 +113,7 @@ class Server:
             raise RuntimeError("an asrv.Server starts once; make a new one to serve again")
         self._started = True
         try:
+            self._access = _access(self.config)
             # Bound first, so that a port in use fails before recovery touches the root;
             # listening waits until the workers run.
             sock = _bind(self.config.host, self.config.port)
@@ -110,7 +124,13 @@ class Server:
             self._backlog = sock.dup()
             self._resources.callback(self._close_backlog)
             self._services = Services(
-                self.config, self._pool, store, self._budget, self._fail, self._stopped
+                self.config,
+                self._pool,
+                store,
+                self._budget,
+                self._access,
+                self._fail,
+                self._stopped,
             )
             self._listener = await asyncio.get_running_loop().create_server(
                 self._new_channel, sock=sock, backlog=BACKLOG
@@ -326,6 +346,13 @@ async def serve(
             serving.result()  # a fail-stop: raise its FatalError
         if trigger.done() and not trigger.cancelled():
             trigger.result()  # the trigger failed: raise that, after the graceful close
+
+
+def _access(config: Config) -> Access:
+    try:
+        return Access(config.write_tokens, config.read_tokens, read_only=config.read_only)
+    except TokenError as error:
+        raise StartupError(f"asrv: {error}") from None
 
 
 def _bind(host: str, port: int) -> socket.socket:

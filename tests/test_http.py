@@ -1657,6 +1657,7 @@ FIXED = {
     Status.OK: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nOK\n",
     Status.CREATED: b"HTTP/1.1 201 Created\r\nContent-Length: 8\r\n\r\nCreated\n",
     Status.BAD_REQUEST: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\n\r\nBad Request\n",
+    Status.UNAUTHORIZED: b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\n\r\nUnauthorized\n",
     Status.FORBIDDEN: b"HTTP/1.1 403 Forbidden\r\nContent-Length: 10\r\n\r\nForbidden\n",
     Status.NOT_FOUND: b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\n\r\nNot Found\n",
     Status.PRECONDITION_FAILED: (
@@ -1686,6 +1687,10 @@ FIXED_CLOSE = {
     ),
     Status.BAD_REQUEST: (
         b"HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\nConnection: close\r\n\r\nBad Request\n"
+    ),
+    Status.UNAUTHORIZED: (
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\nConnection: close\r\n\r\n"
+        b"Unauthorized\n"
     ),
     Status.FORBIDDEN: (
         b"HTTP/1.1 403 Forbidden\r\nContent-Length: 10\r\nConnection: close\r\n\r\nForbidden\n"
@@ -1723,7 +1728,7 @@ FIXED_CLOSE = {
 def test_status_table_is_exactly_the_spec() -> None:
     # The statuses asrv.http sends, including 413 for the optional --max-body limit.
     assert {int(s) for s in Status} == {
-        *(200, 201, 206, 304, 400, 403, 404, 412, 413, 416, 500, 501, 505)
+        *(200, 201, 206, 304, 400, 401, 403, 404, 412, 413, 416, 500, 501, 505)
     }
     assert set(FIXED) == set(FIXED_STATUSES)
     assert set(FIXED_CLOSE) == set(FIXED_STATUSES)

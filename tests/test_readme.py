@@ -61,6 +61,8 @@ def documented_default(action: argparse.Action) -> str:
         return f"{action.dest} on" if default is True else "off"
     if action.dest == "max_head":  # None: the grammar's own limit
         return str(DEFAULT_MAX_HEAD)
+    if action.dest in ("write_tokens", "read_tokens"):  # None: no token needed
+        return f"anyone may {action.dest.split('_')[0]}"
     if default is None:
         return "no limit"
     if default == Path("."):

@@ -1,0 +1,160 @@
+"""Who may read and write: bearer tokens (RFC 6750) and read-only mode (SPEC §5.4).
+
+With write tokens, PUT and DELETE need `Authorization: Bearer <token>` carrying one of them;
+with read tokens, GET and HEAD need one of those or a write token. A request without a
+token it needs gets 401 (`WWW-Authenticate: Bearer`) before its body is read; with
+`read_only`, a PUT or DELETE that passed gets 403 instead.
+
+Tokens come from files, one a line (blank lines and lines starting with `#` are skipped), or,
+when embedding, straight from the application (`Tokens`). They are kept only as SHA-256
+digests, compared in constant time against every known digest, and never put in a message:
+a problem with a file names its line number, not its text. `reload` re-reads the files
+(SIGHUP); a file that cannot be read then keeps the tokens it had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+"""RFC 6750 §2.1 b64token: what a Bearer credential may be."""
+_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9._~+/-]+=*)")
+
+
+class TokenError(Exception):
+    """A token file cannot be used; the message names the file, never a token."""
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Tokens an embedding application passes directly, instead of a file."""
+
+    values: frozenset[str]
+
+    def __init__(self, values: Iterable[str]) -> None:
+        tokens = frozenset(values)
+        for token in tokens:
+            if not isinstance(token, str) or _TOKEN.fullmatch(token) is None:
+                raise ValueError("a bearer token is a non-empty RFC 6750 b64token")
+        object.__setattr__(self, "values", tokens)
+
+
+TokenSource = Path | Tokens
+"""Where a set of tokens comes from: a file (re-read on `reload`), or the application."""
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii")).digest()
+
+
+def read_token_file(path: Path) -> frozenset[bytes]:
+    """The digests of the tokens in a file; TokenError naming the file if it cannot be used."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as error:
+        why = error.strerror if isinstance(error, OSError) else "not ASCII text"
+        raise TokenError(f"cannot read token file {path}: {why}") from None
+    digests = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        if _TOKEN.fullmatch(token) is None:
+            raise TokenError(f"token file {path}, line {number}: not a bearer token")
+        digests.add(_digest(token))
+    return frozenset(digests)
+
+
+def exposure_warning(path: Path) -> str | None:
+    """A warning when a token file may be read or changed by other users."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_IMODE(mode) & 0o077:
+        return (
+            f"asrv: warning: token file {path} is open to other users "
+            f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
+        )
+    return None
+
+
+def _load(source: TokenSource | None) -> frozenset[bytes] | None:
+    if source is None:
+        return None
+    if isinstance(source, Tokens):
+        return frozenset(_digest(token) for token in source.values)
+    return read_token_file(source)
+
+
+class Access:
+    """The server's access policy; `reload` may swap the tokens while requests run (each
+    decision reads them once)."""
+
+    def __init__(
+        self,
+        write_tokens: TokenSource | None = None,
+        read_tokens: TokenSource | None = None,
+        *,
+        read_only: bool = False,
+    ) -> None:
+        """TokenError if a token file cannot be used."""
+        self._sources = (write_tokens, read_tokens)
+        self._writers = _load(write_tokens)
+        self._readers = _load(read_tokens)
+        self.read_only = read_only
+
+    def warnings(self) -> list[str]:
+        """What an operator should hear at start-up about the token files."""
+        files = [source for source in self._sources if isinstance(source, Path)]
+        lines = [warning for path in files if (warning := exposure_warning(path))]
+        if self._readers is not None and self._writers is None and not self.read_only:
+            lines.append("asrv: warning: read tokens but no write tokens: anyone may write")
+        return lines
+
+    def reload(self) -> list[str]:
+        """Re-read the token files (SIGHUP); problems, as lines for the operator. A file
+        that cannot be used keeps its tokens."""
+        problems = []
+        write_source, read_source = self._sources
+        try:
+            self._writers = _load(write_source)
+        except TokenError as error:
+            problems.append(f"asrv: kept the old write tokens: {error}")
+        try:
+            self._readers = _load(read_source)
+        except TokenError as error:
+            problems.append(f"asrv: kept the old read tokens: {error}")
+        return problems + self.warnings()
+
+    @property
+    def checks_tokens(self) -> bool:
+        return self._writers is not None or self._readers is not None
+
+    def allows(self, writes: bool, authorization: str | None) -> bool:
+        """Whether a request may go on: a write (PUT, DELETE) or a read (GET, HEAD), with
+        the value of its Authorization field (None when it had none)."""
+        writers, readers = self._writers, self._readers
+        if writes:
+            return writers is None or _presented(authorization, writers)
+        if readers is None:
+            return True
+        return _presented(authorization, readers | (writers or frozenset()))
+
+
+def _presented(authorization: str | None, digests: frozenset[bytes]) -> bool:
+    """Whether the field carries one of the tokens. Every digest is compared, each in
+    constant time: how long this takes says nothing about which token came close."""
+    match = None if authorization is None else _BEARER.fullmatch(authorization.strip())
+    candidate = _digest(match[1]) if match is not None else b"\0" * 32
+    found = False
+    for digest in digests:
+        found |= hmac.compare_digest(digest, candidate)
+    return found and match is not None
