@@ -14,6 +14,7 @@ a problem with a file names its line number, not its text. `reload` re-reads the
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
@@ -32,18 +33,26 @@ class TokenError(Exception):
     """A token file cannot be used; the message names the file, never a token."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Tokens:
-    """Tokens an embedding application passes directly, instead of a file."""
+    """Tokens an embedding application passes directly, instead of a file. Only their
+    digests are kept, and they never show in a repr (a Config is printed now and then)."""
 
-    values: frozenset[str]
+    digests: frozenset[bytes]
 
     def __init__(self, values: Iterable[str]) -> None:
-        tokens = frozenset(values)
-        for token in tokens:
+        if isinstance(values, str | bytes):
+            # A lone string would be taken a character at a time: one-letter tokens.
+            raise TypeError("Tokens takes a collection of tokens, not one string")
+        digests = set()
+        for token in values:
             if not isinstance(token, str) or _TOKEN.fullmatch(token) is None:
                 raise ValueError("a bearer token is a non-empty RFC 6750 b64token")
-        object.__setattr__(self, "values", tokens)
+            digests.add(_digest(token))
+        object.__setattr__(self, "digests", frozenset(digests))
+
+    def __repr__(self) -> str:
+        return f"Tokens(<{len(self.digests)} tokens>)"
 
 
 TokenSource = Path | Tokens
@@ -54,10 +63,14 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("ascii")).digest()
 
 
+MAX_TOKEN_FILE = 1 << 20
+"""Largest token file read: a token file is a few lines, and it is read on the loop."""
+
+
 def read_token_file(path: Path) -> frozenset[bytes]:
     """The digests of the tokens in a file; TokenError naming the file if it cannot be used."""
     try:
-        text = path.read_text(encoding="ascii")
+        text = _read_small_file(path).decode("ascii")
     except (OSError, UnicodeDecodeError) as error:
         why = error.strerror if isinstance(error, OSError) else "not ASCII text"
         raise TokenError(f"cannot read token file {path}: {why}") from None
@@ -70,6 +83,20 @@ def read_token_file(path: Path) -> frozenset[bytes]:
             raise TokenError(f"token file {path}, line {number}: not a bearer token")
         digests.add(_digest(token))
     return frozenset(digests)
+
+
+def _read_small_file(path: Path) -> bytes:
+    """A regular file's bytes, without ever blocking on a FIFO or reading a device."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > MAX_TOKEN_FILE:
+            raise OSError(errno.EFBIG, f"larger than {MAX_TOKEN_FILE} bytes")
+        return os.read(fd, MAX_TOKEN_FILE + 1)
+    finally:
+        os.close(fd)
 
 
 def exposure_warning(path: Path) -> str | None:
@@ -90,7 +117,7 @@ def _load(source: TokenSource | None) -> frozenset[bytes] | None:
     if source is None:
         return None
     if isinstance(source, Tokens):
-        return frozenset(_digest(token) for token in source.values)
+        return source.digests
     return read_token_file(source)
 
 
@@ -115,6 +142,9 @@ class Access:
         """What an operator should hear at start-up about the token files."""
         files = [source for source in self._sources if isinstance(source, Path)]
         lines = [warning for path in files if (warning := exposure_warning(path))]
+        for digests, what in ((self._writers, "write"), (self._readers, "read")):
+            if digests is not None and not digests:
+                lines.append(f"asrv: warning: no {what} tokens: nobody may {what}")
         if self._readers is not None and self._writers is None and not self.read_only:
             lines.append("asrv: warning: read tokens but no write tokens: anyone may write")
         return lines

@@ -99,7 +99,10 @@ class Channel(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         self._wake(_READ)
-        return True  # keep the connection open: the response may still go out
+        # Keep the connection open: the response may still go out. TLS has no half-close
+        # (the loop closes its transports at a client's close_notify whatever this says,
+        # and warns if it says otherwise).
+        return self._transport().get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
@@ -251,9 +254,10 @@ class Channel(asyncio.Protocol):
         if self._side is None:
             if self._transport().is_closing():
                 raise ConnectionResetError("connection closed")
-            transport_socket = self._transport().get_extra_info("socket")
-            if transport_socket is None:
-                return None
+            transport = self._transport()
+            transport_socket = transport.get_extra_info("socket")
+            if transport_socket is None or transport.get_extra_info("sslcontext") is not None:
+                return None  # under TLS the kernel would send the file unencrypted
             try:
                 duplicate = os.dup(transport_socket.fileno())
             except OSError:

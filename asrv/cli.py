@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: anyone may read); re-read on SIGHUP",
     )
     parser.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate chain"
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument(
         "--keep-alive",
         action="store_true",
         help="accepted for compatibility: connections persist by default (not with --course)",
@@ -197,6 +201,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, bool]:
             read_only=args.read_only,
             write_tokens=args.write_tokens,
             read_tokens=args.read_tokens,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
     except ValueError as error:
         raise StartupError(f"asrv: {error}", ExitStatus.USAGE) from None
@@ -238,6 +244,9 @@ class _Diagnostics:
 
 async def _serve(config: Config, diagnostics: _Diagnostics, loop_name: str) -> int:
     server = Server(config)
+    # Until the server can re-read its tokens, a SIGHUP (a reload sent early) must not end
+    # the process, as its default action would.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: None)
     try:
         await server.start()
     except StartupError as error:
@@ -261,7 +270,8 @@ async def _serve(config: Config, diagnostics: _Diagnostics, loop_name: str) -> i
             if server.recovery:
                 diagnostics.info(f"asrv: {server.recovery.describe()}")
             diagnostics.info(
-                f"asrv {__version__}: listening on http://{_format_host(config.host)}:"
+                f"asrv {__version__}: listening on {'https' if config.tls else 'http'}://"
+                f"{_format_host(config.host)}:"
                 f"{server.port} (root {config.root.resolve()}, {config.threads} workers, log "
                 f"{'stderr' if config.log_is_stderr else config.log}, "
                 f"fsync {'on' if config.fsync else 'off'}, loop {loop_name})"

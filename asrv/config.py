@@ -6,6 +6,7 @@ import enum
 import ipaddress
 import math
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,12 @@ class Config:
     """A file of bearer tokens (or the tokens themselves): PUT and DELETE need one."""
     read_tokens: Path | Tokens | None = None
     """Bearer tokens that GET and HEAD need (a write token reads too)."""
+    tls_cert: Path | None = None
+    """PEM certificate chain to serve HTTPS with (with `tls_key`)."""
+    tls_key: Path | None = None
+    """PEM private key of `tls_cert`."""
+    ssl_context: ssl.SSLContext | None = None
+    """For embedding: a ready server-side SSL context, instead of `tls_cert` and `tls_key`."""
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not isinstance(self.port, int):
@@ -95,16 +102,31 @@ class Config:
         object.__setattr__(self, "loop", LoopChoice(self.loop))
         for name in ("write_tokens", "read_tokens"):
             value = getattr(self, name)
-            if isinstance(value, str | os.PathLike):
+            if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, Path(value))
             elif value is not None and not isinstance(value, Tokens):
-                raise ValueError(f"{name} must be a file's path or asrv.Tokens")
+                # Not a str: a token passed by mistake would end up in the error message
+                # saying that no such file exists.
+                raise ValueError(f"{name} must be a pathlib.Path or asrv.Tokens")
+        for name in ("tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.ssl_context is not None and self.tls_cert is not None:
+            raise ValueError("give an ssl_context or tls_cert and tls_key, not both")
         if self.course and (self.write_tokens is not None or self.read_tokens is not None):
             raise ValueError("--course serves no tokens: the course's server has no Authorization")
 
     @property
     def log_is_stderr(self) -> bool:
         return self.log == STDERR
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks HTTPS."""
+        return self.ssl_context is not None or self.tls_cert is not None
 
     @property
     def grammar(self) -> Grammar:

@@ -161,6 +161,15 @@ class RequestLine(NamedTuple):
         return self.uri[1:]
 
 
+class Credential(str):
+    """An Authorization field's value: a str whose repr does not show it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Credential(<hidden>)"
+
+
 class Request(NamedTuple):
     """A request whose head is valid and whose method asrv implements."""
 
@@ -172,7 +181,7 @@ class Request(NamedTuple):
     persistence: Persistence
     conditions: Conditions | None = None
     """If-Match, If-None-Match, Range and If-Range (never with the course's grammar)."""
-    authorization: str | None = None
+    authorization: Credential | None = None
     """The Authorization field (never with the course's grammar)."""
 
 
@@ -415,8 +424,12 @@ def parse_head(head: bytes, grammar: Grammar = DEFAULT) -> Request:
         persistence=persistence,
         # The course's server ignores these fields (SPEC §4.3).
         conditions=None if grammar.course else parse_conditions(fields),
-        authorization=None if grammar.course else fields.get("authorization"),
+        authorization=_credential(None if grammar.course else fields.get("authorization")),
     )
+
+
+def _credential(value: str | None) -> Credential | None:
+    return None if value is None else Credential(value)
 
 
 def _parse_fields(lines: list[bytes], grammar: Grammar) -> tuple[dict[str, str], bool]:

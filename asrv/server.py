@@ -14,8 +14,10 @@ import errno
 import fcntl
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import TypedDict
 
 from asrv.access import Access, TokenError
 from asrv.auditlog import AuditLog
@@ -31,6 +33,7 @@ from asrv.logfile import LogFile
 from asrv.pool import WorkerPool
 from asrv.recovery import RecoveryReport, recover
 from asrv.store import Store
+from asrv.tls import server_context
 
 BACKLOG = 1024
 
@@ -57,6 +60,7 @@ class Server:
         self._admitting = True  # false once shutdown has served every connection it owes
         self._budget = ReadBudget()
         self._access = Access()
+        self._tls: _TlsOptions = {}
         self._connections: dict[Connection, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
@@ -114,6 +118,7 @@ class Server:
         self._started = True
         try:
             self._access = _access(self.config)
+            self._tls = _tls_options(self.config)
             # Bound first, so that a port in use fails before recovery touches the root;
             # listening waits until the workers run.
             sock = _bind(self.config.host, self.config.port)
@@ -133,7 +138,7 @@ class Server:
                 self._stopped,
             )
             self._listener = await asyncio.get_running_loop().create_server(
-                self._new_channel, sock=sock, backlog=BACKLOG
+                self._new_channel, sock=sock, backlog=BACKLOG, **self._tls
             )
         except BaseException:
             self._resources.close()
@@ -259,7 +264,7 @@ class Server:
         backlog, self._backlog = self._backlog, None
         if backlog is None:
             return
-        loop = asyncio.get_running_loop()
+        opening = []
         try:
             # Bounded: connections that keep arriving meanwhile must not hold shutdown up.
             for _ in range(BACKLOG):
@@ -267,12 +272,18 @@ class Server:
                     accepted, _ = backlog.accept()
                 except OSError:  # empty (EAGAIN), or out of descriptors: nothing more to do
                     break
-                try:
-                    await loop.connect_accepted_socket(self._new_channel, accepted)
-                except OSError:
-                    accepted.close()
+                opening.append(self._open_accepted(accepted))
+            # Together: under TLS each waits for its handshake (bounded by the timeout).
+            await asyncio.gather(*opening)
         finally:
             backlog.close()
+
+    async def _open_accepted(self, accepted: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(self._new_channel, accepted, **self._tls)
+        except (OSError, ssl.SSLError, TimeoutError):
+            accepted.close()
 
     def _close_backlog(self) -> None:
         if self._backlog is not None:
@@ -346,6 +357,27 @@ async def serve(
             serving.result()  # a fail-stop: raise its FatalError
         if trigger.done() and not trigger.cancelled():
             trigger.result()  # the trigger failed: raise that, after the graceful close
+
+
+class _TlsOptions(TypedDict, total=False):
+    """The loop's keyword arguments for accepting TLS connections."""
+
+    ssl: ssl.SSLContext
+    ssl_handshake_timeout: float
+    ssl_shutdown_timeout: float
+
+
+def _tls_options(config: Config) -> _TlsOptions:
+    """The loop's TLS arguments for accepting connections; none for plain HTTP. A client
+    that stalls in the handshake, or in closing it, is dropped after `timeout`."""
+    context = server_context(config)
+    if context is None:
+        return {}
+    return {
+        "ssl": context,
+        "ssl_handshake_timeout": config.timeout,
+        "ssl_shutdown_timeout": config.timeout,
+    }
 
 
 def _access(config: Config) -> Access:

@@ -220,7 +220,7 @@ def spawn_server(site: Site) -> Iterator[Callable[..., Process]]:
         seen = []
         for _ in range(3):  # a recovery report may come before the listening line
             seen.append(stream.readline().decode())
-            match = re.search(r"listening on http://[^ ]+:(\d+) ", seen[-1])
+            match = re.search(r"listening on https?://[^ ]+:(\d+) ", seen[-1])
             if match is not None:
                 return Process(
                     process,

@@ -17,6 +17,7 @@ import pytest
 
 from asrv import Config, Tokens
 from asrv.access import Access, TokenError, read_token_file
+from asrv.http import parse_head
 from tests.conftest import HOST, Process, ServerFactory, Site, exchange, response, wait_until
 from tests.http_client import Connection, request
 
@@ -126,9 +127,34 @@ def test_reload_takes_new_tokens_and_keeps_old_ones_it_cannot_read(tmp_path: Pat
 def test_tokens_passed_by_the_application_are_checked() -> None:
     with pytest.raises(ValueError, match="b64token"):
         Tokens(["has space"])
+    with pytest.raises(TypeError, match="not one string"):
+        Tokens(WRITER)  # would otherwise be a token per character
+    with pytest.raises(ValueError, match=r"pathlib\.Path or asrv\.Tokens") as refused:
+        Config(write_tokens=WRITER)  # type: ignore[arg-type]
+    assert WRITER not in str(refused.value)
     with pytest.raises(ValueError, match="course"):
         Config(course=True, write_tokens=Tokens([WRITER]))
     assert Config(read_tokens=Path("r.tokens")).read_tokens == Path("r.tokens")
+
+
+def test_tokens_do_not_show_in_a_printed_config_or_request() -> None:
+    config = Config(write_tokens=Tokens([WRITER, READER]))
+    assert WRITER not in repr(config) and "Tokens(<2 tokens>)" in repr(config)
+    head = f"PUT /a HTTP/1.1\r\nAuthorization: Bearer {WRITER}\r\nContent-Length: 0\r\n\r\n"
+    parsed = parse_head(head.encode())
+    assert parsed.authorization == f"Bearer {WRITER}" and WRITER not in repr(parsed)
+
+
+def test_a_token_file_that_is_no_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(TokenError, match="not a regular file"):
+        read_token_file(fifo)  # without waiting for a writer that never comes
+
+
+def test_an_empty_token_file_draws_a_warning(tmp_path: Path) -> None:
+    warnings = Access(token_file(tmp_path / "writers")).warnings()
+    assert warnings == ["asrv: warning: no write tokens: nobody may write"]
 
 
 def test_the_default_host_is_loopback() -> None:

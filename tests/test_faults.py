@@ -147,7 +147,7 @@ def traced_server(site: Site, tmp_path: Path) -> Iterator[Callable[..., Traced]]
         started.append((popen, servers))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and popen.poll() is None:
-            match = re.search(r"listening on http://[^ ]+:(\d+) ", stderr.read_text())
+            match = re.search(r"listening on https?://[^ ]+:(\d+) ", stderr.read_text())
             if match is not None:
                 servers += _children(popen.pid)
                 assert len(servers) == 1, servers

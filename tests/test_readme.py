@@ -63,6 +63,8 @@ def documented_default(action: argparse.Action) -> str:
         return str(DEFAULT_MAX_HEAD)
     if action.dest in ("write_tokens", "read_tokens"):  # None: no token needed
         return f"anyone may {action.dest.split('_')[0]}"
+    if action.dest in ("tls_cert", "tls_key"):  # None: no TLS
+        return "plain HTTP"
     if default is None:
         return "no limit"
     if default == Path("."):

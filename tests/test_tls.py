@@ -1,0 +1,192 @@
+"""HTTPS (`--tls-cert`, `--tls-key`): every guarantee over TLS, on both loops, against a
+certificate the tests make with openssl: exact responses and log lines, persistent
+connections, large files (copied, as sendfile cannot encrypt) in bounded memory, exactly
+N + 1 threads, and clients that stall in the handshake or do not speak TLS at all."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HOST, Process, Site
+
+THREADS = 3
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, and its key."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (the CI script installs it)")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def tls_server(
+    request: pytest.FixtureRequest,
+    certificate: tuple[Path, Path],
+    spawn_server: Callable[..., Process],
+) -> Process:
+    cert, key = certificate
+    server = spawn_server(
+        "-t", str(THREADS), "--loop", request.param, "--timeout", "2",
+        "--tls-cert", str(cert), "--tls-key", str(key),
+    )  # fmt: skip
+    assert f"listening on https://{HOST}:" in server.first_line
+    return server
+
+
+def client_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(certificate[0]))
+
+
+def test_requests_on_one_connection(
+    site: Site, tls_server: Process, certificate: tuple[Path, Path]
+) -> None:
+    big = os.urandom(3 * 1024 * 1024 + 17)  # past sendfile's size: copied, in pieces
+    (site.root / "big").write_bytes(big)
+    conn = http.client.HTTPSConnection(
+        HOST, tls_server.port, context=client_context(certificate), timeout=30
+    )
+    try:
+        conn.request("PUT", "/a", b"over tls", {"Request-Id": "1"})
+        put = conn.getresponse()
+        assert (put.status, put.read(), put.getheaders()) == (
+            201,
+            b"Created\n",
+            [("Content-Length", "8")],
+        )
+        conn.request("GET", "/a", headers={"Request-Id": "2"})
+        get = conn.getresponse()
+        assert (get.status, get.read()) == (200, b"over tls")
+        conn.request("GET", "/big", headers={"Request-Id": "3"})
+        whole = conn.getresponse()
+        assert whole.read() == big
+        conn.request("GET", "/big", headers={"Request-Id": "4", "Range": "bytes=1000000-"})
+        part = conn.getresponse()
+        assert (part.status, part.read()) == (206, big[1000000:])
+        conn.request("HEAD", "/big", headers={"Request-Id": "5"})
+        head = conn.getresponse()
+        assert (head.status, head.read(), head.getheader("Content-Length")) == (
+            200,
+            b"",
+            str(len(big)),
+        )
+        conn.request("DELETE", "/a", headers={"Request-Id": "6"})
+        assert conn.getresponse().read() == b"OK\n"
+    finally:
+        conn.close()
+    assert tls_server.threads() == THREADS + 1
+    assert tls_server.stop() == 0
+    assert site.log_lines() == [
+        "PUT,/a,201,1",
+        "GET,/a,200,2",
+        "GET,/big,200,3",
+        "GET,/big,206,4",
+        "HEAD,/big,200,5",
+        "DELETE,/a,200,6",
+    ]
+
+
+def test_curl_with_the_certificate(
+    site: Site, tls_server: Process, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed (the CI script installs it)")
+    (tmp_path / "up").write_bytes(b"uploaded over tls\n")
+    base = f"https://{HOST}:{tls_server.port}"
+    put = subprocess.run(
+        [curl, "-q", "-sS", "--cacert", str(certificate[0]), "-T", str(tmp_path / "up"),
+         f"{base}/up", f"{base}/up"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (put.returncode, put.stdout) == (0, "Created\nuploaded over tls\n"), put.stderr
+    untrusted = subprocess.run(
+        [curl, "-q", "-sS", f"{base}/up"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert untrusted.returncode == 60  # the certificate is not trusted without --cacert
+    assert tls_server.stop() == 0
+    assert site.log_lines() == ["PUT,/up,201,0", "GET,/up,200,0"]
+
+
+def test_a_stalled_handshake_and_plain_http_are_dropped(site: Site, tls_server: Process) -> None:
+    stalled = socket.create_connection((HOST, tls_server.port))
+    plain = socket.create_connection((HOST, tls_server.port))
+    plain.sendall(b"GET /a HTTP/1.1\r\n\r\n")
+    started = time.monotonic()
+    for sock in (stalled, plain):
+        sock.settimeout(20)
+        try:
+            while sock.recv(4096):  # a TLS alert, maybe, then the end
+                pass
+        except ConnectionResetError:
+            pass
+        sock.close()
+    assert time.monotonic() - started < 15  # the handshake timeout is --timeout (2 s)
+    assert tls_server.threads() == THREADS + 1
+    assert tls_server.stop() == 0
+    assert site.log_lines() == []  # no request line ever arrived
+
+
+def test_a_large_file_over_tls_in_bounded_memory(
+    site: Site, tls_server: Process, certificate: tuple[Path, Path]
+) -> None:
+    size = 256 * 1024 * 1024
+    with (site.root / "huge").open("wb") as stream:
+        stream.truncate(size)
+    conn = http.client.HTTPSConnection(
+        HOST, tls_server.port, context=client_context(certificate), timeout=60
+    )
+    received = 0
+    try:
+        conn.request("GET", "/huge")
+        answer = conn.getresponse()
+        while chunk := answer.read(1 << 20):
+            received += len(chunk)
+    finally:
+        conn.close()
+    assert received == size
+    peak = tls_server.peak_rss_kib()
+    assert tls_server.stop() == 0
+    assert peak < 200 * 1024, f"peak RSS {peak} KiB for a {size >> 20} MiB file"
+
+
+def test_unusable_tls_options_stop_the_start(
+    site: Site, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert, key = certificate
+
+    def start(*options: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "asrv", "--root", str(site.root), "--log", str(site.log)]
+        return subprocess.run(
+            [*argv, *options, "0"], capture_output=True, text=True, timeout=30, check=False
+        )
+
+    alone = start("--tls-cert", str(cert))
+    assert alone.returncode == 2 and "go together" in alone.stderr
+    swapped = start("--tls-cert", str(key), "--tls-key", str(cert))
+    missing = start("--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(key))
+    for refused in (swapped, missing):
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("asrv: cannot use TLS certificate ")
+        assert len(refused.stderr.splitlines()) == 1, refused.stderr
