@@ -32,11 +32,14 @@ async def main(root: Path) -> None:
     async with asrv.Server(config) as server:
         print(f"serving {root} on port {server.port}")
         body = b"hello from an embedded server\n"
-        head = f"PUT /greeting.txt HTTP/1.1\r\nContent-Length: {len(body)}\r\n"
+        head = f"PUT /greeting.txt HTTP/1.1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
         print((await http(server.port, head.encode() + b"Request-Id: 1\r\n\r\n" + body)).decode())
         print(
             (
-                await http(server.port, b"GET /greeting.txt HTTP/1.1\r\nRequest-Id: 2\r\n\r\n")
+                await http(
+                    server.port,
+                    b"GET /greeting.txt HTTP/1.1\r\nRequest-Id: 2\r\nConnection: close\r\n\r\n",
+                )
             ).decode()
         )
     # Leaving the block stopped accepting, finished requests in flight, made the log durable
