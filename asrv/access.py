@@ -23,6 +23,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 """RFC 6750 §2.1 b64token: what a Bearer credential may be."""
@@ -121,9 +122,23 @@ def _load(source: TokenSource | None) -> frozenset[bytes] | None:
     return read_token_file(source)
 
 
+class _Digests(NamedTuple):
+    """The tokens in force, swapped as one whenever they change."""
+
+    writers: frozenset[bytes] | None
+    readers: frozenset[bytes] | None
+    may_read: frozenset[bytes] | None
+    """Read and write tokens together: what a read may present (None: anyone may read)."""
+
+
+def _digests(writers: frozenset[bytes] | None, readers: frozenset[bytes] | None) -> _Digests:
+    may_read = None if readers is None else readers | (writers or frozenset())
+    return _Digests(writers, readers, may_read)
+
+
 class Access:
-    """The server's access policy; `reload` may swap the tokens while requests run (each
-    decision reads them once)."""
+    """The server's access policy. `reload` may run on another thread while requests are
+    decided: the tokens are swapped in one assignment, and each decision reads them once."""
 
     def __init__(
         self,
@@ -134,18 +149,18 @@ class Access:
     ) -> None:
         """TokenError if a token file cannot be used."""
         self._sources = (write_tokens, read_tokens)
-        self._writers = _load(write_tokens)
-        self._readers = _load(read_tokens)
+        self._tokens = _digests(_load(write_tokens), _load(read_tokens))
         self.read_only = read_only
 
     def warnings(self) -> list[str]:
         """What an operator should hear at start-up about the token files."""
         files = [source for source in self._sources if isinstance(source, Path)]
         lines = [warning for path in files if (warning := exposure_warning(path))]
-        for digests, what in ((self._writers, "write"), (self._readers, "read")):
+        writers, readers, _ = self._tokens
+        for digests, what in ((writers, "write"), (readers, "read")):
             if digests is not None and not digests:
                 lines.append(f"asrv: warning: no {what} tokens: nobody may {what}")
-        if self._readers is not None and self._writers is None and not self.read_only:
+        if readers is not None and writers is None and not self.read_only:
             lines.append("asrv: warning: read tokens but no write tokens: anyone may write")
         return lines
 
@@ -153,30 +168,25 @@ class Access:
         """Re-read the token files (SIGHUP); problems, as lines for the operator. A file
         that cannot be used keeps its tokens."""
         problems = []
+        writers, readers, _ = self._tokens
         write_source, read_source = self._sources
         try:
-            self._writers = _load(write_source)
+            writers = _load(write_source)
         except TokenError as error:
             problems.append(f"asrv: kept the old write tokens: {error}")
         try:
-            self._readers = _load(read_source)
+            readers = _load(read_source)
         except TokenError as error:
             problems.append(f"asrv: kept the old read tokens: {error}")
+        self._tokens = _digests(writers, readers)
         return problems + self.warnings()
-
-    @property
-    def checks_tokens(self) -> bool:
-        return self._writers is not None or self._readers is not None
 
     def allows(self, writes: bool, authorization: str | None) -> bool:
         """Whether a request may go on: a write (PUT, DELETE) or a read (GET, HEAD), with
         the value of its Authorization field (None when it had none)."""
-        writers, readers = self._writers, self._readers
-        if writes:
-            return writers is None or _presented(authorization, writers)
-        if readers is None:
-            return True
-        return _presented(authorization, readers | (writers or frozenset()))
+        tokens = self._tokens
+        needed = tokens.writers if writes else tokens.may_read
+        return needed is None or _presented(authorization, needed)
 
 
 def _presented(authorization: str | None, digests: frozenset[bytes]) -> bool:

@@ -316,10 +316,16 @@ def _install_signal_handlers(server: Server, diagnostics: _Diagnostics) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
 
-    def on_hangup() -> None:
-        for line in server.reload_tokens():
+    async def reload() -> None:
+        for line in await server.reload_tokens():
             diagnostics.error(line)
 
+    def on_hangup() -> None:
+        task = loop.create_task(reload())
+        reloading.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(reloading.discard)
+
+    reloading: set[asyncio.Task[None]] = set()
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
 

@@ -318,20 +318,18 @@ class Connection:
         try:
             keep = self._keeps_open(request.persistence)
             connection = request.persistence.connection_header(keep)
+            fields = _version_fields(result)
             if result.status is Status.NOT_MODIFIED:
                 assert result.etag is not None
                 await self._channel.send(not_modified_response(result.etag, connection))
             elif head:
                 length = result.file_size if result.status is Status.OK else len(result.body)
-                fields = _version_fields(result)
                 await self._channel.send(response_head(result.status, length, connection, fields))
             elif result.fd is None:
                 body = result.body
-                fields = _version_fields(result)
                 head_bytes = response_head(result.status, len(body), connection, fields)
                 await self._channel.send(head_bytes + body)
             else:
-                fields = _version_fields(result)
                 head_bytes = response_head(result.status, result.count, connection, fields)
                 await sender.send(head_bytes, result.fd, result.offset, result.count)
         finally:

@@ -207,11 +207,9 @@ def _undo_delete(root_fd: int, intent: _Intent) -> None:
     explain."""
     try:
         if _same_file(root_fd, intent.name, intent.target):
-            os.unlink(intent.name, dir_fd=root_fd)
+            os.unlink(intent.name, dir_fd=root_fd)  # linked: the name never went away
             return
-        try:
-            os.stat(intent.target, dir_fd=root_fd, follow_symlinks=False)
-        except FileNotFoundError:
+        if not _exists(root_fd, intent.target):
             os.rename(intent.name, intent.target, src_dir_fd=root_fd, dst_dir_fd=root_fd)
             return
     except OSError as error:

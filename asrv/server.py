@@ -84,12 +84,14 @@ class Server:
         """What the operator should hear about the token files (say, open to others)."""
         return self._access.warnings()
 
-    def reload_tokens(self) -> list[str]:
+    async def reload_tokens(self) -> list[str]:
         """Re-read the token files (the command line does on SIGHUP) without touching a
-        connection: each request is judged by the tokens of the moment its head arrived.
-        Returns lines for the operator: problems (a file that cannot be read keeps its
-        tokens) and warnings."""
-        return self._access.reload()
+        connection: each request is judged by the tokens in force when the server takes it
+        up. The files are read on a worker, not on the loop. Returns lines for the
+        operator: problems (a file that cannot be read keeps its tokens) and warnings."""
+        if not self._started or self._closing is not None:
+            return []
+        return await self._pool.run(self._access.reload)
 
     @property
     def audit_log(self) -> AuditLog:
