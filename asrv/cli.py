@@ -262,9 +262,10 @@ async def _serve(config: Config, diagnostics: _Diagnostics, loop_name: str) -> i
     saved_stderr = sys.stderr
     if config.log_is_stderr:
         sys.stderr = sys.stdout
+    reloading: set[asyncio.Task[None]] = set()
     try:
         try:
-            _install_signal_handlers(server, diagnostics)
+            _install_signal_handlers(server, diagnostics, reloading)
             for warning in server.access_warnings():
                 diagnostics.error(warning)
             if server.recovery:
@@ -279,6 +280,8 @@ async def _serve(config: Config, diagnostics: _Diagnostics, loop_name: str) -> i
             await server.serve_forever()
         finally:
             await server.close()
+            # A reload asked for before the stop has read its files by now: report it.
+            await asyncio.gather(*reloading)
     except FatalError as error:
         diagnostics.error(f"asrv: stopped: {error}")
         return ExitStatus.FATAL
@@ -295,7 +298,11 @@ _ABOUT_THE_LOG = (ExitStatus.LOG_UNUSABLE, ExitStatus.RECOVERY_FAILED)
 """Start-up failures met once the log has been opened."""
 
 
-def _install_signal_handlers(server: Server, diagnostics: _Diagnostics) -> None:
+def _install_signal_handlers(
+    server: Server, diagnostics: _Diagnostics, reloading: set[asyncio.Task[None]]
+) -> None:
+    """SIGTERM and SIGINT stop the server (a second one leaves at once); SIGHUP re-reads
+    its token files, as a task held in `reloading` until it is done."""
     loop = asyncio.get_running_loop()
     signals_seen = 0
     closing: list[asyncio.Task[None]] = []
@@ -325,7 +332,6 @@ def _install_signal_handlers(server: Server, diagnostics: _Diagnostics) -> None:
         reloading.add(task)  # held until done: the loop keeps only a weak reference
         task.add_done_callback(reloading.discard)
 
-    reloading: set[asyncio.Task[None]] = set()
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
 

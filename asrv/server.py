@@ -60,6 +60,9 @@ class Server:
         self._admitting = True  # false once shutdown has served every connection it owes
         self._budget = ReadBudget()
         self._access = Access()
+        # Token reloads run on the pool: allowed from start until shutdown stops the pool.
+        self._reloadable = False
+        self._reloads: set[asyncio.Future[list[str]]] = set()
         self._tls: _TlsOptions = {}
         self._connections: dict[Connection, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
@@ -89,9 +92,12 @@ class Server:
         connection: each request is judged by the tokens in force when the server takes it
         up. The files are read on a worker, not on the loop. Returns lines for the
         operator: problems (a file that cannot be read keeps its tokens) and warnings."""
-        if not self._started or self._closing is not None:
+        if not self._reloadable:
             return []
-        return await self._pool.run(self._access.reload)
+        reload = asyncio.ensure_future(self._pool.run(self._access.reload))
+        self._reloads.add(reload)
+        reload.add_done_callback(self._reloads.discard)
+        return await reload
 
     @property
     def audit_log(self) -> AuditLog:
@@ -142,6 +148,7 @@ class Server:
             self._listener = await asyncio.get_running_loop().create_server(
                 self._new_channel, sock=sock, backlog=BACKLOG, **self._tls
             )
+            self._reloadable = True
         except BaseException:
             self._resources.close()
             raise
@@ -239,6 +246,9 @@ class Server:
                     task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         self._admitting = False
+        # A reload asked for before now still runs; none starts once the pool may stop.
+        self._reloadable = False
+        await asyncio.gather(*self._reloads, return_exceptions=True)
         log = self._log
         try:
             # Operations of cancelled connections still run; their lines must be covered.
