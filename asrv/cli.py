@@ -262,10 +262,9 @@ async def _serve(config: Config, diagnostics: _Diagnostics, loop_name: str) -> i
     saved_stderr = sys.stderr
     if config.log_is_stderr:
         sys.stderr = sys.stdout
-    reloading: set[asyncio.Task[None]] = set()
     try:
         try:
-            _install_signal_handlers(server, diagnostics, reloading)
+            _install_signal_handlers(server, diagnostics)
             for warning in server.access_warnings():
                 diagnostics.error(warning)
             if server.recovery:
@@ -280,8 +279,6 @@ async def _serve(config: Config, diagnostics: _Diagnostics, loop_name: str) -> i
             await server.serve_forever()
         finally:
             await server.close()
-            # A reload asked for before the stop has read its files by now: report it.
-            await asyncio.gather(*reloading)
     except FatalError as error:
         diagnostics.error(f"asrv: stopped: {error}")
         return ExitStatus.FATAL
@@ -298,11 +295,7 @@ _ABOUT_THE_LOG = (ExitStatus.LOG_UNUSABLE, ExitStatus.RECOVERY_FAILED)
 """Start-up failures met once the log has been opened."""
 
 
-def _install_signal_handlers(
-    server: Server, diagnostics: _Diagnostics, reloading: set[asyncio.Task[None]]
-) -> None:
-    """SIGTERM and SIGINT stop the server (a second one leaves at once); SIGHUP re-reads
-    its token files, as a task held in `reloading` until it is done."""
+def _install_signal_handlers(server: Server, diagnostics: _Diagnostics) -> None:
     loop = asyncio.get_running_loop()
     signals_seen = 0
     closing: list[asyncio.Task[None]] = []
@@ -323,14 +316,9 @@ def _install_signal_handlers(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
 
-    async def reload() -> None:
-        for line in await server.reload_tokens():
-            diagnostics.error(line)
-
     def on_hangup() -> None:
-        task = loop.create_task(reload())
-        reloading.add(task)  # held until done: the loop keeps only a weak reference
-        task.add_done_callback(reloading.discard)
+        for line in server.reload_tokens():
+            diagnostics.error(line)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
 

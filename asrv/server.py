@@ -60,9 +60,6 @@ class Server:
         self._admitting = True  # false once shutdown has served every connection it owes
         self._budget = ReadBudget()
         self._access = Access()
-        # Token reloads run on the pool: allowed from start until shutdown stops the pool.
-        self._reloadable = False
-        self._reloads: set[asyncio.Future[list[str]]] = set()
         self._tls: _TlsOptions = {}
         self._connections: dict[Connection, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
@@ -87,17 +84,13 @@ class Server:
         """What the operator should hear about the token files (say, open to others)."""
         return self._access.warnings()
 
-    async def reload_tokens(self) -> list[str]:
+    def reload_tokens(self) -> list[str]:
         """Re-read the token files (the command line does on SIGHUP) without touching a
         connection: each request is judged by the tokens in force when the server takes it
-        up. The files are read on a worker, not on the loop. Returns lines for the
-        operator: problems (a file that cannot be read keeps its tokens) and warnings."""
-        if not self._reloadable:
-            return []
-        reload = asyncio.ensure_future(self._pool.run(self._access.reload))
-        self._reloads.add(reload)
-        reload.add_done_callback(self._reloads.discard)
-        return await reload
+        up.
+        Returns lines for the operator: problems (a file that cannot be read keeps its
+        tokens) and warnings."""
+        return self._access.reload()
 
     @property
     def audit_log(self) -> AuditLog:
@@ -148,7 +141,6 @@ class Server:
             self._listener = await asyncio.get_running_loop().create_server(
                 self._new_channel, sock=sock, backlog=BACKLOG, **self._tls
             )
-            self._reloadable = True
         except BaseException:
             self._resources.close()
             raise
@@ -246,9 +238,6 @@ class Server:
                     task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         self._admitting = False
-        # A reload asked for before now still runs; none starts once the pool may stop.
-        self._reloadable = False
-        await asyncio.gather(*self._reloads, return_exceptions=True)
         log = self._log
         try:
             # Operations of cancelled connections still run; their lines must be covered.
