@@ -1,3 +1,3 @@
 from asrv.cli import run
 
-run()
+run(prog="python -m asrv")

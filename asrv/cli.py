@@ -44,16 +44,17 @@ def _seconds(text: str) -> float:
     return float(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "asrv") -> argparse.ArgumentParser:
+    """The command line; `prog` is how the user ran it (`asrv` or `python -m asrv`)."""
     parser = argparse.ArgumentParser(
-        prog="asrv",
+        prog=prog,
         description="Serve the regular files of a directory over HTTP/1.1 (GET, HEAD, PUT, "
         "DELETE), "
         "logging every request, in a linearizable order, to a durable audit log.",
         epilog="examples:\n"
-        "  asrv --threads 4 8080\n"
-        "  asrv --root /srv/files --log audit.log --host 0.0.0.0 --write-tokens writers 0\n"
-        "  asrv --course 8080",
+        f"  {prog} --threads 4 8080\n"
+        f"  {prog} --root /srv/files --log audit.log --host 0.0.0.0 --write-tokens writers 0\n"
+        f"  {prog} --course 8080",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = Config()
@@ -177,9 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, bool]:
+def parse_config(argv: Sequence[str] | None = None, prog: str = "asrv") -> tuple[Config, bool]:
     """The server's configuration and whether to be quiet; `StartupError` if invalid."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     if _DIGITS.fullmatch(args.port) is None or not 0 <= int(args.port) <= 65535:
         raise StartupError("Invalid Port", ExitStatus.CANNOT_START)
     try:
@@ -209,10 +210,10 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, bool]:
     return config, args.quiet
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "asrv") -> int:
     """Run the server as the command line does; returns the exit status."""
     try:
-        config, quiet = parse_config(argv)
+        config, quiet = parse_config(argv, prog)
         loop_factory, loop_name = _loop_factory(config.loop)
     except StartupError as error:
         print(error.lines(), file=sys.stderr)
@@ -222,9 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runner.run(_serve(config, _Diagnostics(diagnostics, quiet), loop_name))
 
 
-def run() -> NoReturn:
-    """Entry point of the `asrv` console script and `python -m asrv`."""
-    sys.exit(main())
+def run(prog: str = "asrv") -> NoReturn:
+    """Entry point of the `asrv` console script, and of `python -m asrv` with that as `prog`
+    (so that `--help` shows the command the user typed, as `asrv.load` and `asrv.check` do)."""
+    sys.exit(main(prog=prog))
 
 
 class _Diagnostics:

@@ -53,8 +53,10 @@ def check_commands(script: Path) -> None:
     version = run(str(script), "--version")
     assert version == f"asrv {importlib.metadata.version('asrv')}\n", version
     usage = run(sys.executable, "-m", "asrv", "--help")
+    assert usage.startswith("usage: python -m asrv ") and "--threads" in usage, usage[:200]
+    usage = run(str(script), "--help")
     assert usage.startswith("usage: asrv ") and "--threads" in usage, usage[:200]
-    print(f"{script.name} --version: {version.strip()}; python -m asrv --help: ok")
+    print(f"{script.name} --version: {version.strip()}; --help and python -m asrv --help: ok")
 
 
 def check_serving(script: Path) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -65,3 +68,32 @@ def test_numbers_are_ascii_digits(argv: list[str]) -> None:
 def test_ports_in_other_digits_are_invalid(port: str) -> None:
     with pytest.raises(StartupError, match=r"^Invalid Port$"):
         parse_config([port])
+
+
+@pytest.mark.parametrize(
+    ("command", "prog"),
+    [
+        (["-m", "asrv"], "python -m asrv"),
+        (["-m", "asrv.load"], "python -m asrv.load"),
+        (["-m", "asrv.check"], "python -m asrv.check"),
+    ],
+)
+def test_help_and_usage_errors_name_the_command_as_typed(command: list[str], prog: str) -> None:
+    helped = subprocess.run(
+        [sys.executable, *command, "--help"], check=False, capture_output=True, text=True
+    )
+    assert helped.returncode == 0 and helped.stdout.startswith(f"usage: {prog} ["), helped.stdout
+    wrong = subprocess.run(
+        [sys.executable, *command, "--no-such-option"], check=False, capture_output=True
+    )
+    assert wrong.returncode == ExitStatus.USAGE
+    assert wrong.stderr.decode().startswith(f"usage: {prog} [")
+
+
+def test_the_console_script_calls_itself_asrv() -> None:
+    script = Path(sys.executable).parent / "asrv"
+    if not script.exists():
+        pytest.skip(f"no console script beside {sys.executable}: asrv is not installed there")
+    helped = subprocess.run([str(script), "--help"], check=False, capture_output=True, text=True)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: asrv ["), helped.stdout
+    assert "\n  asrv --threads 4 8080\n" in helped.stdout
