@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,16 @@ def section(title: str) -> str:
     return match[1]
 
 
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """Each fenced code block, in order, as (info string, text); a block indented under a
+    list item is dedented."""
+    blocks = re.findall(r"^( *)```(\w*)\n(.*?)^\1```", text, re.M | re.S)
+    return [(info, textwrap.dedent(body)) for _indent, info, body in blocks]
+
+
 def code_blocks(text: str) -> list[list[str]]:
     """The lines of each fenced code block, in order."""
-    return [block.splitlines() for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, re.M | re.S)]
+    return [body.splitlines() for _info, body in fenced_blocks(text)]
 
 
 def documented_options() -> dict[str, tuple[set[str], str]]:
