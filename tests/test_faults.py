@@ -26,14 +26,17 @@ import contextlib
 import errno
 import functools
 import hashlib
+import http.client
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -669,6 +672,153 @@ def test_trace_checker_catches_a_response_before_the_sync() -> None:
     stale = "\n".join([lines[0], lines[2], lines[1], *lines[3:]])  # sync began before write
     with pytest.raises(AssertionError, match="without an fdatasync"):
         check_responses_wait_for_fdatasync(parse_trace(stale), "/l")
+
+
+# The same order under TLS, where the trace shows only ciphertext.
+
+APPLICATION_DATA = b"\x17"
+"""The first byte of a TLS record of application data (RFC 5246 §6.2.1). Under TLS 1.2 the
+handshake's records have other types, so these are requests and responses only."""
+_CLIENT_PORT = re.compile(r"TCP:\[.*->.*:(\d+)\]")
+
+
+def check_tls_responses_wait_for_fdatasync(
+    calls: list[Call], log_path: str, connections: dict[int, list[str]]
+) -> int:
+    """Under TLS 1.2, with each client sending its next request only after the whole
+    response: on each connection (keyed by the client's port, with its request ids in
+    order), the k-th run of application-data reads is request k, and the application-data
+    sends after it are response k. The first of them must come after an fdatasync of the log
+    that began after the write of request k's line. Returns how many responses were checked."""
+    line_written: dict[str, int] = {}
+    syncs: list[Call] = []
+    requests = dict.fromkeys(connections, 0)  # per connection: requests begun so far
+    answered: set[tuple[int, int]] = set()
+    checked = 0
+    for call in calls:
+        if call.fd == log_path and call.name == "write":
+            assert not call.truncated and call.result == str(len(call.data)), call
+            for line in call.data.decode().splitlines():
+                line_written[line.rsplit(",", 1)[1]] = call.end
+        elif call.fd == log_path and call.name == "fdatasync":
+            syncs.append(call)
+        elif (port := _CLIENT_PORT.fullmatch(call.fd)) is not None and not call.result.startswith(
+            "-"
+        ):
+            client = int(port[1])
+            if client not in connections or call.data[:1] != APPLICATION_DATA:
+                continue  # another client's, or a handshake or alert record
+            k = requests[client]
+            if call.name in READS and (k == 0 or (client, k) in answered):
+                requests[client] = k + 1  # the first record of the next request
+            elif call.name in SENDS and (client, k) not in answered:
+                assert k > 0, f"application data to port {client} before any request"
+                request_id = connections[client][k - 1]
+                assert request_id in line_written, f"response to {request_id} before its line"
+                written = line_written[request_id]
+                assert any(written < sync.begin and sync.end < call.begin for sync in syncs), (
+                    f"response to {request_id} (trace line {call.begin}) without an fdatasync "
+                    f"of the log after its line was written (trace line {written})"
+                )
+                answered.add((client, k))
+                checked += 1
+    return checked
+
+
+def tls12_client(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # record types in the clear
+    return context
+
+
+@pytest.mark.parametrize(
+    ("loop", "fsync"), [("uvloop", True), ("asyncio", True), ("uvloop", False)]
+)
+def test_trace_under_tls_shows_each_response_after_its_fdatasync(
+    loop: str,
+    fsync: bool,
+    site: Site,
+    traced_server: Callable[..., Traced],
+    certificate: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """The log-before-response trace over TLS, where the TLS layer encrypts on the loop:
+    four clients, each on its own persistent connection, with PUTs, GETs of a small and of a
+    large file (copied through the workers under TLS), 404s and HEADs. With --no-fsync the
+    check must fail."""
+    trace = tmp_path / "trace"
+    syscalls = "fdatasync,write,writev,sendto,sendmsg,read,readv,recvfrom,recvmsg"
+    options = ["-ttt", "-T", "-yy", "-s", "4096", "-e", f"trace={syscalls}", "-o", str(trace)]
+    (site.root / "big").write_bytes(os.urandom(600 * 1024))
+    cert, key = certificate
+    server = traced_server(
+        options, "-t", "3", "--loop", loop, "--tls-cert", str(cert), "--tls-key", str(key),
+        *([] if fsync else ["--no-fsync"]),
+    )  # fmt: skip
+    connections: dict[int, list[str]] = {}
+    statuses: list[int] = []
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPSConnection(
+            HOST, server.port, context=tls12_client(certificate), timeout=60
+        )
+        conn.connect()
+        sent = connections.setdefault(conn.sock.getsockname()[1], [])
+        for j in range(6):
+            rid = f"tls-{loop}-{i}-{j}"
+            method, uri, body = [
+                ("PUT", f"/f{i % 2}", body_for(rid)),
+                ("GET", f"/f{(i + 1) % 2}", None),
+                ("GET", "/big", None),
+                ("GET", "/missing", None),
+                ("HEAD", "/big", None),
+                ("PUT", f"/f{i % 2}", body_for(rid) * 40),
+            ][j]
+            conn.request(method, uri, body=body, headers={"Request-Id": rid})
+            sent.append(rid)
+            answer = conn.getresponse()
+            answer.read()
+            statuses.append(answer.status)
+        conn.close()
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(120)
+    server.signal(signal.SIGTERM)
+    assert server.wait(10) == 0
+    assert len(statuses) == 24 and {200, 201, 404} <= set(statuses)
+    calls = parse_trace(trace.read_text())
+    log_path = str(site.log.resolve())
+    if fsync:
+        assert check_tls_responses_wait_for_fdatasync(calls, log_path, connections) == 24
+    else:
+        with pytest.raises(AssertionError, match="without an fdatasync"):
+            check_tls_responses_wait_for_fdatasync(calls, log_path, connections)
+
+
+def test_tls_trace_checker_catches_a_response_before_its_line() -> None:
+    """The TLS checker itself, on a handshake, then a request and its response: the same
+    events in a bad order must fail it."""
+    fd = "7<TCP:[127.0.0.1:8443->127.0.0.1:5000]>"
+    lines = [
+        f'10 1.0 read({fd}, "\26\3\1", 5) = 5',  # the ClientHello
+        f'10 1.1 write({fd}, "\26\3\3", 5) = 5',  # the ServerHello
+        f'10 1.2 read({fd}, "\27\3\3", 5) = 5',  # the request
+        '11 1.3 write(3</l>, "GET,/a,404,r1\\n", 14) = 14',
+        "11 1.4 fdatasync(3</l>) = 0",
+        f'10 1.5 write({fd}, "\27\3\3", 5) = 5',  # the response
+    ]
+    connections = {5000: ["r1"]}
+    good = "\n".join(lines)
+    assert check_tls_responses_wait_for_fdatasync(parse_trace(good), "/l", connections) == 1
+    early = "\n".join([*lines[:3], lines[5], *lines[3:5]])
+    with pytest.raises(AssertionError, match="before its line"):
+        check_tls_responses_wait_for_fdatasync(parse_trace(early), "/l", connections)
+    unsynced = "\n".join([*lines[:4], lines[5], lines[4]])
+    with pytest.raises(AssertionError, match="without an fdatasync"):
+        check_tls_responses_wait_for_fdatasync(parse_trace(unsynced), "/l", connections)
 
 
 @pytest.fixture(params=["tmp", "tmpfs"])
