@@ -338,11 +338,14 @@ class Channel(asyncio.Protocol):
             self._loop.remove_writer(self._watched)
             self._watched = -1
 
-    def finish_sending(self) -> None:
-        """Send FIN after what is queued (the response is complete)."""
+    def finish_sending(self) -> bool:
+        """Send FIN after what is queued (the response is complete). False where that is not
+        possible: the client is gone, or the transport has no half-close (TLS)."""
         transport = self._transport()
-        if not self.lost and transport.can_write_eof():
-            transport.write_eof()
+        if self.lost or not transport.can_write_eof():
+            return False
+        transport.write_eof()
+        return True
 
     def close(self) -> None:
         self._cancel_timer()

@@ -442,9 +442,14 @@ class Connection:
 
         Send FIN, then read and discard whatever the client still sends until it closes
         too, for at most `timeout` seconds: closing with unread data would make the kernel
-        send RST, which can destroy the response before the client reads it.
+        send RST, which can destroy the response before the client reads it. Under TLS the
+        loop's TLS shutdown does the same after close_notify.
         """
-        self._channel.finish_sending()
+        if not self._channel.finish_sending():
+            # TLS has no half-close, and the client may wait for the end: closing at once
+            # sends close_notify after the response, then the loop's TLS shutdown reads on
+            # until the client's own (at most --timeout), so no reset can destroy it.
+            return
         deadline = self._channel.now() + self._config.timeout
         with contextlib.suppress(TimeoutError):
             while await self._channel.read(READ_LIMIT, deadline):

@@ -5,6 +5,7 @@ N + 1 threads, and clients that stall in the handshake or do not speak TLS at al
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -12,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +112,69 @@ def test_curl_with_the_certificate(
     assert untrusted.returncode == 60  # the certificate is not trusted without --cacert
     assert tls_server.stop() == 0
     assert site.log_lines() == ["PUT,/up,201,0", "GET,/up,200,0"]
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_closing_response_ends_the_connection_at_once(
+    loop: str,
+    site: Site,
+    certificate: tuple[Path, Path],
+    spawn_server: Callable[..., Process],
+    tmp_path: Path,
+) -> None:
+    """TLS has no half-close: after a response that ends the connection the server sends
+    close_notify at once (a client reading to the end is not kept for --timeout), and a
+    client still sending an unread body gets the whole response, not a reset."""
+    (site.root / "a").write_bytes(b"A\n")
+    tokens = tmp_path / "writers"
+    tokens.write_text("tls-writer-token\n")
+    tokens.chmod(0o600)
+    cert, key = certificate
+    server = spawn_server(
+        "--loop", loop, "--timeout", "60", "--write-tokens", str(tokens),
+        "--tls-cert", str(cert), "--tls-key", str(key),
+    )  # fmt: skip
+
+    def connect() -> ssl.SSLSocket:
+        raw = socket.create_connection((HOST, server.port), timeout=30)
+        return client_context(certificate).wrap_socket(raw, server_hostname=HOST)
+
+    def to_the_end(sock: ssl.SSLSocket) -> bytes:
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    started = time.monotonic()
+    for request in (b"GET /a HTTP/1.0\r\n\r\n", b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n"):
+        with connect() as sock:
+            sock.sendall(request)
+            assert to_the_end(sock).endswith(b"\r\n\r\nA\n")
+    assert time.monotonic() - started < 20  # not the 60 s of --timeout
+    for _ in range(5):
+        with connect() as sock:
+            sock.sendall(b"PUT /b HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n")
+            sending = threading.Event()
+            sending.set()
+
+            def pump(sock: ssl.SSLSocket = sock, sending: threading.Event = sending) -> None:
+                with contextlib.suppress(OSError):
+                    while sending.is_set():
+                        sock.sendall(b"x" * 65536)
+
+            pumping = threading.Thread(target=pump)
+            pumping.start()
+            try:
+                answer = to_the_end(sock)
+            finally:
+                sending.clear()
+                pumping.join(30)
+            assert answer.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+            assert answer.endswith(b"\r\n\r\nUnauthorized\n")
+    assert time.monotonic() - started < 40
+    assert server.stop() == 0
+    assert site.log_lines() == ["GET,/a,200,0"] * 2 + ["PUT,/b,401,0"] * 5
+    assert not (site.root / "b").exists()
 
 
 def test_a_stalled_handshake_and_plain_http_are_dropped(site: Site, tls_server: Process) -> None:
