@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import TypedDict
 
@@ -31,6 +32,7 @@ from asrv.filesystem import journals_metadata_in_order
 from asrv.locks import LockTable
 from asrv.logfile import LogFile
 from asrv.pool import WorkerPool
+from asrv.protected import FileIdentity, Protected, protected_files
 from asrv.recovery import RecoveryReport, recover
 from asrv.store import Store
 from asrv.tls import server_context
@@ -60,6 +62,8 @@ class Server:
         self._admitting = True  # false once shutdown has served every connection it owes
         self._budget = ReadBudget()
         self._access = Access()
+        self._store: Store | None = None
+        self._log_identity: FileIdentity | None = None
         self._tls: _TlsOptions = {}
         self._connections: dict[Connection, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
@@ -90,12 +94,25 @@ class Server:
         up.
         Returns lines for the operator: problems (a file that cannot be read keeps its
         tokens) and warnings."""
-        return self._access.reload()
+        problems = self._access.reload()
+        if self._store is not None:
+            self._store.protect(self._protected_files())  # the files may be new ones
+        return problems
 
     @property
     def audit_log(self) -> AuditLog:
         assert self._log is not None, "server not started"
         return self._log
+
+    def _protected_files(self) -> Protected:
+        config = self.config
+        token_files = [
+            source
+            for source in (config.write_tokens, config.read_tokens)
+            if isinstance(source, Path)
+        ]
+        secrets = [*token_files, config.tls_cert, config.tls_key]
+        return protected_files(config.root, self._log_identity, secrets)
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -125,7 +142,7 @@ class Server:
             sock = _bind(self.config.host, self.config.port)
             self._resources.callback(sock.close)
             self._port = sock.getsockname()[1]
-            store = self._start_resources()
+            store = self._store = self._start_resources()
             _listen(sock)
             self._backlog = sock.dup()
             self._resources.callback(self._close_backlog)
@@ -160,6 +177,7 @@ class Server:
 
         log_file = LogFile.open(config)
         self._resources.callback(log_file.close)
+        self._log_identity = log_file.identity
         try:
             self.recovery = recover(root_fd, log_file)
         except OSError as error:
@@ -186,7 +204,7 @@ class Server:
             LockTable(),
             sync_data=config.fsync,
             sink_fd=sink_fd,
-            protected=log_file.identity,
+            protected=self._protected_files(),
             log_tag=log_file.tag,
             stamper=EtagStamper.for_log(log_file.inode),
             metadata_in_order=journals_metadata_in_order(root_fd),

@@ -31,6 +31,7 @@ from asrv.conditions import Conditions, ReadOutcome, Span, decide_read, write_al
 from asrv.etags import EtagStamper, current_etag
 from asrv.http import RequestLine, Status
 from asrv.locks import LockTable
+from asrv.protected import Protected
 
 SMALL_FILE = 64 * 1024
 """Files up to this size are read whole inside the GET's critical step."""
@@ -48,9 +49,6 @@ _UPLOAD_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOE
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 # Errors that mean "this name is not a file you may have", not "the server failed".
 _FORBIDDEN_ERRNOS = {errno.ELOOP, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENXIO}
-
-FileIdentity = tuple[int, int]
-"""(st_dev, st_ino) of a file the server must never serve or replace (its audit log)."""
 
 
 @dataclass(slots=True)
@@ -116,7 +114,7 @@ class Store:
         *,
         sync_data: bool,
         sink_fd: int,
-        protected: FileIdentity | None = None,
+        protected: Protected | None = None,
         log_tag: str = "-",
         stamper: EtagStamper | None = None,
         metadata_in_order: bool = False,
@@ -134,6 +132,11 @@ class Store:
         self.log = log
         self._locks = locks
         self._sync_data = sync_data
+        self._protected = protected or Protected()
+
+    def protect(self, protected: Protected) -> None:
+        """From now on, refuse these files (403); one assignment, read by the workers as a
+        whole."""
         self._protected = protected
 
     def record(self, line: RequestLine, status: Status, request_id: str) -> int:
@@ -369,7 +372,7 @@ class Store:
             return _error_result(error)
         try:
             info = os.fstat(fd)
-            if not self._may_serve(info):
+            if not self._may_serve(filename, info):
                 os.close(fd)
                 return GetResult(Status.FORBIDDEN, 0, Status.FORBIDDEN.body)
             if conditions is None and not head:
@@ -394,6 +397,8 @@ class Store:
         its effect: 201 (absent, for a PUT) or 404 (for a DELETE), 200 (present), 403, 500,
         or 412 when its conditions fail; and the current ETag when the conditions needed it.
         Preconditions apply only where the plain request would succeed (RFC 9110 §13.2.1)."""
+        if filename in self._protected.names:
+            return Status.FORBIDDEN, None
         try:
             info = os.stat(filename, dir_fd=self._root, follow_symlinks=False)
         except FileNotFoundError:
@@ -404,7 +409,7 @@ class Store:
             return Status.PRECONDITION_FAILED, None
         except OSError as error:
             return _error_status(error), None
-        if not self._may_serve(info):
+        if not self._may_serve(filename, info):
             return Status.FORBIDDEN, None
         if conditions is None:
             return Status.OK, None
@@ -427,9 +432,9 @@ class Store:
         finally:
             os.close(fd)
 
-    def _may_serve(self, info: os.stat_result) -> bool:
-        """A regular file that is not the audit log."""
-        return stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) != self._protected
+    def _may_serve(self, filename: str, info: os.stat_result) -> bool:
+        """A regular file that is neither the audit log nor a secret of the server's."""
+        return stat.S_ISREG(info.st_mode) and not self._protected.covers(filename, info)
 
 
 def _decide_get(

@@ -5,9 +5,11 @@ every refusal in the audit log and no token anywhere but in the requests."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -351,6 +353,55 @@ def test_sighup_rereads_the_tokens_while_a_client_uploads(
     assert (site.root / "up").read_bytes() == body
     assert server.stop() == 0
     assert "PUT,/up,201,0" in site.log_lines()
+
+
+def test_secrets_kept_in_the_root_are_never_served_replaced_or_deleted(
+    site: Site, spawn_server: Callable[..., Process], certificate: tuple[Path, Path]
+) -> None:
+    """Token files, the TLS key and certificate, kept in the served root: 403 for every
+    method and token, by name and by identity (another hard link), also after a token file
+    was replaced by a new one and reloaded on SIGHUP."""
+    writers = token_file(site.root / "writers.txt", WRITER)
+    readers = token_file(site.root / "readers.txt", READER)
+    cert, key = (site.root / "cert.pem", site.root / "key.pem")
+    cert.write_bytes(certificate[0].read_bytes())
+    key.write_bytes(certificate[1].read_bytes())
+    os.link(key, site.root / "key-copy.pem")
+    (site.root / "open.txt").write_text("anyone with a read token\n")
+    server = spawn_server(
+        "--write-tokens", str(writers), "--read-tokens", str(readers),
+        "--tls-cert", str(cert), "--tls-key", str(key),
+    )  # fmt: skip
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+
+    def status(method: str, name: str, token: str, body: bytes | None = None) -> int:
+        conn = http.client.HTTPSConnection(HOST, server.port, context=context, timeout=30)
+        try:
+            conn.request(method, f"/{name}", body=body, headers={"Authorization": bearer(token)})
+            answer = conn.getresponse()
+            answer.read()
+            return answer.status
+        finally:
+            conn.close()
+
+    secrets = ["writers.txt", "readers.txt", "cert.pem", "key.pem", "key-copy.pem"]
+    assert [status("GET", name, WRITER) for name in secrets] == [403] * 5
+    assert [status("HEAD", name, READER) for name in secrets] == [403] * 5
+    assert [status("PUT", name, WRITER, b"planted\n") for name in secrets] == [403] * 5
+    assert [status("DELETE", name, WRITER) for name in secrets] == [403] * 5
+    assert status("GET", "open.txt", READER) == 200
+    # An editor's save: a new file under the old name, holding a new token.
+    readers.unlink()
+    token_file(readers, "r-new-reader-token")
+    os.kill(server.pid, signal.SIGHUP)
+    assert wait_until(lambda: status("GET", "open.txt", READER) == 401, 10)
+    assert status("GET", "open.txt", "r-new-reader-token") == 200
+    assert status("GET", "readers.txt", WRITER) == 403
+    assert status("PUT", "readers.txt", WRITER, b"planted\n") == 403
+    assert server.stop() == 0
+    assert readers.read_text().endswith("\nr-new-reader-token\n")
+    assert key.read_bytes() == certificate[1].read_bytes()
+    assert [line.rsplit(",", 2)[1] for line in site.log_lines()].count("403") == 22
 
 
 def test_the_start_up_line_names_the_loopback_address(site: Site) -> None:

@@ -18,6 +18,7 @@ from asrv.errors import FatalError
 from asrv.http import RequestLine, Status
 from asrv.locks import LockTable
 from asrv.logfile import LogFile
+from asrv.protected import protected_files
 from asrv.recovery import RecoveryReport, recover
 from asrv.store import Store
 from tests.conftest import Site
@@ -35,7 +36,7 @@ def opened(site: Site) -> Iterator[tuple[Store, LogFile, int]]:
         LockTable(),
         sync_data=True,
         sink_fd=sink_fd,
-        protected=log_file.identity,
+        protected=protected_files(site.root, log_file.identity, []),
         log_tag=log_file.tag,
     )
     yield store, log_file, root_fd
