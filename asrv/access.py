@@ -76,7 +76,9 @@ def read_token_file(path: Path) -> frozenset[bytes]:
         why = error.strerror if isinstance(error, OSError) else "not ASCII text"
         raise TokenError(f"cannot read token file {path}: {why}") from None
     digests = set()
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at LF (CRLF too: strip() takes the CR); not at the form feeds and other
+    # separators of str.splitlines(), which would make one line two tokens.
+    for number, line in enumerate(text.split("\n"), start=1):
         token = line.strip()
         if not token or token.startswith("#"):
             continue
@@ -100,15 +102,16 @@ def _read_small_file(path: Path) -> bytes:
         os.close(fd)
 
 
-def exposure_warning(path: Path) -> str | None:
-    """A warning when a token file may be read or changed by other users."""
+def exposure_warning(path: Path, what: str = "token file") -> str | None:
+    """A warning when a secret file (a token file, the TLS key) may be read or changed by
+    other users."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return None
     if stat.S_IMODE(mode) & 0o077:
         return (
-            f"asrv: warning: token file {path} is open to other users "
+            f"asrv: warning: {what} {path} is open to other users "
             f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
         )
     return None

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypedDict
 
-from asrv.access import Access, TokenError
+from asrv.access import Access, TokenError, exposure_warning
 from asrv.auditlog import AuditLog
 from asrv.budget import ReadBudget
 from asrv.channel import Channel
@@ -85,8 +85,13 @@ class Server:
         return self._failure
 
     def access_warnings(self) -> list[str]:
-        """What the operator should hear about the token files (say, open to others)."""
-        return self._access.warnings()
+        """What the operator should hear about the token files and the TLS key (say, open
+        to other users)."""
+        warnings = self._access.warnings()
+        key = self.config.tls_key
+        if key is not None and (warning := exposure_warning(key, "TLS key")) is not None:
+            warnings.append(warning)
+        return warnings
 
     def reload_tokens(self) -> list[str]:
         """Re-read the token files (the command line does on SIGHUP) without touching a

@@ -9,7 +9,11 @@ pieces instead.
 
 from __future__ import annotations
 
+import errno
+import os
 import ssl
+import stat
+from pathlib import Path
 
 from asrv.config import Config
 from asrv.errors import StartupError
@@ -24,7 +28,9 @@ def server_context(config: Config) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(config.tls_cert, config.tls_key)
+        _require_regular_files(config.tls_cert, config.tls_key)
+        # Never a passphrase prompt on the terminal: a server may have none to answer it.
+        context.load_cert_chain(config.tls_cert, config.tls_key, password=_no_passphrase)
     except (OSError, ssl.SSLError) as error:
         why = error.strerror if isinstance(error, OSError) and error.strerror else error
         raise StartupError(
@@ -33,3 +39,15 @@ def server_context(config: Config) -> ssl.SSLContext | None:
     # HTTP/1.1 only: no ALPN for h2, which asrv does not speak.
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+def _require_regular_files(*paths: Path) -> None:
+    """OpenSSL would wait forever reading a FIFO: anything but a regular file is refused
+    (stat does not block)."""
+    for path in paths:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+
+
+def _no_passphrase() -> str:
+    raise OSError(errno.EINVAL, "the key is encrypted (asrv takes an unencrypted key)")

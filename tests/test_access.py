@@ -55,6 +55,8 @@ def test_token_files_hold_tokens_one_a_line(tmp_path: Path) -> None:
     [
         (f"{WRITER}\nnot a token\n", "line 2: not a bearer token"),
         ("caf\u00e9\n", "not ASCII text"),
+        # Lines end at LF only: a form feed does not make one line two tokens.
+        (f"{WRITER}\r\n{READER}\f{WRITER}\n", "line 2: not a bearer token"),
     ],
 )
 def test_a_bad_token_file_is_named_without_its_tokens(

@@ -245,7 +245,32 @@ def test_unusable_tls_options_stop_the_start(
     assert alone.returncode == 2 and "go together" in alone.stderr
     swapped = start("--tls-cert", str(key), "--tls-key", str(cert))
     missing = start("--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(key))
-    for refused in (swapped, missing):
+    fifo = tmp_path / "key-fifo"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    not_a_file = start("--tls-cert", str(cert), "--tls-key", str(fifo))
+    encrypted_key = tmp_path / "encrypted.pem"
+    subprocess.run(
+        ["openssl", "rsa", "-in", str(key), "-aes256", "-passout", "pass:secret",
+         "-out", str(encrypted_key)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    encrypted = start("--tls-cert", str(cert), "--tls-key", str(encrypted_key))
+    for refused in (swapped, missing, not_a_file, encrypted):
         assert refused.returncode == 1
         assert refused.stderr.startswith("asrv: cannot use TLS certificate ")
         assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert "not a regular file" in not_a_file.stderr
+    assert "the key is encrypted" in encrypted.stderr
+
+
+def test_a_tls_key_open_to_other_users_draws_a_warning(
+    site: Site, certificate: tuple[Path, Path], spawn_server: Callable[..., Process], tmp_path: Path
+) -> None:
+    cert, key = certificate
+    shared_key = tmp_path / "shared-key.pem"
+    shared_key.write_bytes(key.read_bytes())
+    shared_key.chmod(0o644)
+    server = spawn_server("--tls-cert", str(cert), "--tls-key", str(shared_key))
+    assert server.stop() == 0
+    (warning,) = server.earlier_lines
+    assert warning.startswith(f"asrv: warning: TLS key {shared_key} is open to other users")
