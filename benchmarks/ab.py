@@ -8,9 +8,11 @@ by commas (`new=.:--loop,asyncio`). Every round runs every case on every variant
 server at a time on 127.0.0.1 with a fresh root, so drift on a shared machine hits all
 alike. It prints each run (req/s, server CPU per request, log flushes per 1,000 requests),
 then per case the median req/s of each variant and its ratio to the first variant.
-Cases (default: all of `run.py`'s): get4k-close, get4k-ka, get1m-ka, put4k-close, mix. asrv
-runs in its default (persistent) connection mode; the 1 request/connection cases have wrk
-send `Connection: close`, and a probe warns when a variant does not treat connections as a
+Cases (default: all of `run.py`'s): get4k-close, get4k-ka, get1m-ka, put4k-close, mix, and
+over HTTPS get4k-ka-tls, get1m-ka-tls (every variant serves one self-signed certificate for
+127.0.0.1, made with openssl in the temporary directory). asrv runs in its default
+(persistent) connection mode; the 1 request/connection cases have wrk send
+`Connection: close`, and a probe warns when a variant does not treat connections as a
 case needs.
 """
 
@@ -26,12 +28,14 @@ from pathlib import Path
 
 from bench_servers import (
     ServerError,
+    Tls,
     connection_mode_problem,
     cpu_seconds,
+    make_certificate,
     start_asrv,
     stop,
 )
-from bench_tools import ToolError, ensure_programs
+from bench_tools import ToolError, ensure_openssl, ensure_programs
 from bench_wrk import WrkError, run_wrk, write_scripts
 from run import CASES, Case, flushes_per_1k, fresh_site
 
@@ -50,6 +54,7 @@ def main() -> int:
     cases = [case for case in CASES if case.key in (args.case or CASE_KEYS)]
     try:
         wrk, _nginx = ensure_programs()
+        openssl = ensure_openssl() if any(case.tls for case in cases) else None
     except ToolError as error:
         print(f"benchmarks/ab.py: {error}", file=sys.stderr)
         return 2
@@ -57,6 +62,7 @@ def main() -> int:
     rates: dict[tuple[str, str], list[float]] = {}
     try:
         scripts = write_scripts(workdir)
+        tls = None if openssl is None else make_certificate(openssl, workdir)
         for round_number in range(1, args.rounds + 1):
             for case in cases:
                 for variant in args.variants:
@@ -65,12 +71,16 @@ def main() -> int:
                         variant,
                         wrk=wrk,
                         scripts=scripts,
+                        tls=tls if case.tls else None,
                         seconds=args.seconds,
                         workdir=workdir,
                         round_number=round_number,
                     )
                     if rate is not None:
                         rates.setdefault((case.key, variant.name), []).append(rate)
+    except ServerError as error:  # the certificate could not be made
+        print(f"benchmarks/ab.py: {error}", file=sys.stderr)
+        return 2
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("\nmedian req/s, and ratio to the first variant:")
@@ -92,16 +102,22 @@ def _run(
     *,
     wrk: str,
     scripts: dict[str, Path],
+    tls: Tls | None,
     seconds: int,
     workdir: Path,
     round_number: int,
 ) -> float | None:
     work, root = fresh_site(workdir, f"{case.key}-{variant.name}")
     label = f"round {round_number} {case.key:12} {variant.name:12}"
+    client = None if tls is None else tls.client_context()
     try:
-        server = start_asrv(root, work, fsync=True, source=variant.source, options=variant.options)
+        server = start_asrv(
+            root, work, fsync=True, source=variant.source, options=variant.options, tls=tls
+        )
         try:
-            problem = connection_mode_problem(server.port, "/file4k", keep_alive=case.keep_alive)
+            problem = connection_mode_problem(
+                server.port, "/file4k", keep_alive=case.keep_alive, tls=client
+            )
             if problem is not None:
                 print(f"{label} WARNING: asrv {problem}", flush=True)
             before = cpu_seconds(server.pid)

@@ -7,6 +7,9 @@ any process it spawned (nginx's worker) is checked to be gone.
 asrv runs in its default connection mode in every case: persistent connections, closed after
 a response to a request that says `Connection: close`. Which of the two a case measures is
 up to the client; `connection_mode_problem` checks that the server does what the case needs.
+
+Given a `Tls` (a certificate and key made by `make_certificate`), asrv and nginx serve HTTPS
+with it instead of HTTP; aiohttp and http.server are not run over TLS.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,8 +54,8 @@ http {{
     uwsgi_temp_path {work}/uwsgi-temp;
     scgi_temp_path {work}/scgi-temp;
     server {{
-        listen {host}:{port};
-        root {root};
+        listen {host}:{port}{listen_ssl};
+        root {root};{ssl_files}
         location / {{
             dav_methods PUT;
             create_full_put_path off;
@@ -59,6 +63,13 @@ http {{
     }}
 }}
 """
+# TLS 1.3 as asrv (Python's default context) agrees it: nginx before 1.23.4 leaves it out of
+# its default protocols. Its defaults otherwise (ciphers, no session cache): with keep-alive,
+# each connection makes one full handshake, as it does with asrv.
+NGINX_SSL_FILES = """
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;"""
 
 
 @dataclass(frozen=True)
@@ -68,14 +79,27 @@ class ServerKind:
     key: str
     label: str
     supports_put: bool
+    supports_tls: bool
 
 
-ASRV = ServerKind("asrv", "asrv", True)
-ASRV_NO_FSYNC = ServerKind("asrv-no-fsync", "asrv --no-fsync", True)
-NGINX = ServerKind("nginx", "nginx (no fsync)", True)
-AIOHTTP = ServerKind("aiohttp", "aiohttp+uvloop (no fsync)", True)
-HTTP_SERVER = ServerKind("http.server", "http.server", False)
+ASRV = ServerKind("asrv", "asrv", True, True)
+ASRV_NO_FSYNC = ServerKind("asrv-no-fsync", "asrv --no-fsync", True, True)
+NGINX = ServerKind("nginx", "nginx (no fsync)", True, True)
+AIOHTTP = ServerKind("aiohttp", "aiohttp+uvloop (no fsync)", True, False)
+HTTP_SERVER = ServerKind("http.server", "http.server", False, False)
 KINDS = (ASRV, ASRV_NO_FSYNC, NGINX, AIOHTTP, HTTP_SERVER)
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A self-signed certificate for 127.0.0.1 and its key, PEM files the servers share."""
+
+    cert: Path
+    key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts this certificate (wrk checks none)."""
+        return ssl.create_default_context(cafile=str(self.cert))
 
 
 @dataclass
@@ -85,23 +109,42 @@ class Running:
     port: int
     stderr_path: Path
     stopped_output: str = ""
+    tls: bool = False
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def url(self, path: str) -> str:
-        return f"http://{HOST}:{self.port}{path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{HOST}:{self.port}{path}"
 
 
 class ServerError(Exception):
     """A server did not start or did not stop as it should."""
 
 
+def make_certificate(openssl: str, directory: Path) -> Tls:
+    """Make a self-signed RSA-2048 certificate for 127.0.0.1, and its key, in `directory`."""
+    tls = Tls(directory / "cert.pem", directory / "key.pem")
+    argv = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30"]
+    argv += ["-subj", f"/CN={HOST}", "-addext", f"subjectAltName=IP:{HOST}"]
+    argv += ["-keyout", str(tls.key), "-out", str(tls.cert)]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ServerError(f"openssl req failed: {result.stderr.strip()}")
+    return tls
+
+
 @contextmanager
-def serving(kind: ServerKind, root: Path, work: Path, *, nginx: str) -> Iterator[Running]:
-    """Run one server for the duration of the block; its stderr ends up in `stopped_output`."""
-    server = _start(kind, root, work, nginx=nginx)
+def serving(
+    kind: ServerKind, root: Path, work: Path, *, nginx: str, tls: Tls | None = None
+) -> Iterator[Running]:
+    """Run one server for the duration of the block (over HTTPS with `tls`); its stderr ends
+    up in `stopped_output`."""
+    if tls is not None and not kind.supports_tls:
+        raise ValueError(f"{kind.label} is not run over TLS")
+    server = _start(kind, root, work, nginx=nginx, tls=tls)
     try:
         yield server
     finally:
@@ -115,11 +158,15 @@ def start_asrv(
     fsync: bool,
     source: Path | None = None,
     options: Sequence[str] = (),
+    tls: Tls | None = None,
 ) -> Running:
     """Start asrv (from the checkout `source` if given, else the installed one), with
-    extra command-line `options`, in its default connection mode (persistent)."""
+    extra command-line `options`, in its default connection mode (persistent); over HTTPS
+    with `tls`."""
     argv = [sys.executable, "-m", "asrv", "--host", HOST, "--root", str(root)]
     argv += ["--log", str(work / "audit.log"), "-t", str(ASRV_THREADS), *options]
+    if tls is not None:
+        argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
     if not fsync:
         argv.append("--no-fsync")
     argv.append("0")
@@ -127,7 +174,8 @@ def start_asrv(
     stderr_path = work / f"{kind.key}.stderr"
     # `python -m` puts the working directory first on the path: run in the checkout.
     env = None if source is None else {**os.environ, "PYTHONPATH": str(source)}
-    server = Running(kind, _spawn(argv, stderr_path, env, source), 0, stderr_path)
+    process = _spawn(argv, stderr_path, env, source)
+    server = Running(kind, process, 0, stderr_path, tls=tls is not None)
     try:
         server.port = _wait_for_asrv_port(server)
     except BaseException:
@@ -171,17 +219,20 @@ def peak_rss_kib(pid: int) -> int:
     return int(match[1])
 
 
-def connection_mode_problem(port: int, path: str, *, keep_alive: bool) -> str | None:
+def connection_mode_problem(
+    port: int, path: str, *, keep_alive: bool, tls: ssl.SSLContext | None = None
+) -> str | None:
     """None if the server on `port` treats connections as a case needs, else what it did.
 
     A keep-alive case needs two GETs of `path`, sent one after the other on one connection
     without `Connection: close`, both answered. A one-request-per-connection case (wrk sends
     `Connection: close`) needs the response to say `Connection: close` and the connection
-    closed after it: wrk reconnects only when the response says so.
+    closed after it: wrk reconnects only when the response says so. With `tls`, the probe
+    speaks HTTPS with that client context.
     """
     request = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n"
     try:
-        with socket.create_connection((HOST, port), timeout=PROBE_TIMEOUT) as connection:
+        with _connect(port, tls) as connection:
             if keep_alive:
                 for number in (1, 2):
                     try:
@@ -200,9 +251,33 @@ def connection_mode_problem(port: int, path: str, *, keep_alive: bool) -> str | 
                 return "answered a Connection: close request without saying Connection: close"
             if connection.recv(1) != b"":
                 return "sent more after the response to a Connection: close request"
-    except OSError as error:  # a timeout too: the connection stayed open
+    except OSError as error:  # a timeout too, and a TLS error: ssl.SSLError is an OSError
         return f"probe failed: {type(error).__name__}: {error}"
     return None
+
+
+def tls_session(port: int, tls: ssl.SSLContext) -> str:
+    """The protocol and cipher the server on `port` agrees with a client using `tls`."""
+    try:
+        with _connect(port, tls) as connection:
+            assert isinstance(connection, ssl.SSLSocket)
+            cipher = connection.cipher()
+            name = cipher[0] if cipher is not None else "?"
+            return f"{connection.version()} {name}"
+    except OSError as error:
+        return f"no TLS session: {type(error).__name__}: {error}"
+
+
+def _connect(port: int, tls: ssl.SSLContext | None) -> socket.socket:
+    """A connection to the server on `port`, over TLS (handshake done) with `tls`."""
+    connection = socket.create_connection((HOST, port), timeout=PROBE_TIMEOUT)
+    if tls is None:
+        return connection
+    try:
+        return tls.wrap_socket(connection, server_hostname=HOST)
+    except BaseException:
+        connection.close()
+        raise
 
 
 def _read_response(connection: socket.socket) -> bytes | None:
@@ -229,15 +304,15 @@ def _read_response(connection: socket.socket) -> bytes | None:
     return head + b"\r\n"
 
 
-def _start(kind: ServerKind, root: Path, work: Path, *, nginx: str) -> Running:
+def _start(kind: ServerKind, root: Path, work: Path, *, nginx: str, tls: Tls | None) -> Running:
     if kind in (ASRV, ASRV_NO_FSYNC):
-        return start_asrv(root, work, fsync=kind is ASRV)
+        return start_asrv(root, work, fsync=kind is ASRV, tls=tls)
     last_error: ServerError | None = None
     for _attempt in range(3):  # a port found free can be taken before the server binds it
         port = _free_port()
         stderr_path = work / f"{kind.key}.stderr"
         if kind is NGINX:
-            argv = _nginx_argv(nginx, root, work, port)
+            argv = _nginx_argv(nginx, root, work, port, tls)
         elif kind is AIOHTTP:
             argv = [sys.executable, str(HERE / "aiohttp_peer.py"), "--root", str(root)]
             argv += ["--host", HOST, str(port)]
@@ -246,7 +321,7 @@ def _start(kind: ServerKind, root: Path, work: Path, *, nginx: str) -> Running:
             argv += ["--directory", str(root), str(port)]
         else:
             raise ValueError(kind)
-        server = Running(kind, _spawn(argv, stderr_path), port, stderr_path)
+        server = Running(kind, _spawn(argv, stderr_path), port, stderr_path, tls=tls is not None)
         try:
             _wait_for_port(server)
         except ServerError as error:
@@ -261,7 +336,7 @@ def _start(kind: ServerKind, root: Path, work: Path, *, nginx: str) -> Running:
     raise last_error
 
 
-def _nginx_argv(nginx: str, root: Path, work: Path, port: int) -> list[str]:
+def _nginx_argv(nginx: str, root: Path, work: Path, port: int, tls: Tls | None) -> list[str]:
     body_temp = root.parent / "nginx-body-temp"
     conf = work / "nginx.conf"
     conf.write_text(
@@ -271,7 +346,9 @@ def _nginx_argv(nginx: str, root: Path, work: Path, port: int) -> list[str]:
             body_temp=body_temp,
             host=HOST,
             port=port,
+            listen_ssl="" if tls is None else " ssl",
             root=root,
+            ssl_files="" if tls is None else NGINX_SSL_FILES.format(cert=tls.cert, key=tls.key),
         )
     )
     return [nginx, "-p", f"{work}/", "-c", str(conf), "-e", str(work / "nginx-error.log")]
@@ -298,7 +375,7 @@ def _spawn(
 def _wait_for_asrv_port(server: Running) -> int:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        match = re.search(r"listening on http://[^ ]*:(\d+) ", _read(server.stderr_path))
+        match = re.search(r"listening on https?://[^ ]*:(\d+) ", _read(server.stderr_path))
         if match is not None:
             return int(match[1])
         if server.process.poll() is not None:

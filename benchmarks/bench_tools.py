@@ -31,8 +31,9 @@ def which(name: str) -> str | None:
     return None
 
 
-def ensure_programs() -> tuple[str, str]:
-    """Return the paths of wrk and nginx, installing the Debian packages if either is missing."""
+def ensure_programs(*, tls: bool = False) -> tuple[str, str]:
+    """Return the paths of wrk and nginx, installing the Debian packages if either is missing;
+    with `tls`, nginx must also serve HTTPS."""
     missing = [name for name in ("wrk", "nginx") if which(name) is None]
     if missing:
         _apt_install(missing)
@@ -44,7 +45,20 @@ def ensure_programs() -> tuple[str, str]:
             f"{nginx} was built without the WebDAV module (dav_methods PUT); "
             "install Debian's nginx or nginx-light package"
         )
+    if tls and "http_ssl_module" not in nginx_build(nginx):
+        raise ToolError(f"{nginx} was built without the SSL module (`listen ... ssl`)")
     return wrk, nginx
+
+
+def ensure_openssl() -> str:
+    """Return the path of openssl, which makes the TLS cases' certificate, installing the
+    Debian package if it is missing."""
+    if which("openssl") is None:
+        _apt_install(["openssl"])
+    openssl = which("openssl")
+    if openssl is None:
+        raise ToolError("openssl is still missing after apt-get install")
+    return openssl
 
 
 def ensure_modules() -> None:

@@ -16,6 +16,11 @@ asrv runs in its default (persistent) connection mode in every case: in the
 1 request/connection cases wrk sends `Connection: close`, so asrv closes after each response.
 A probe before each asrv cell checks that it does (in the keep-alive cases, that it keeps the
 connection), and the report notes any mismatch.
+
+The TLS cases (`-tls` keys) serve the same files over HTTPS, asrv with --tls-cert/--tls-key
+and nginx with `listen ssl`, both with one self-signed certificate for 127.0.0.1 that the run
+makes with openssl in its temporary directory; aiohttp and http.server are not run over TLS.
+The probe speaks TLS there, and the report says which protocol and cipher each server agreed.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import re
 import shlex
 import shutil
 import signal
+import ssl
 import statistics
 import sys
 import tempfile
@@ -43,15 +49,24 @@ from bench_servers import (
     KINDS,
     ServerError,
     ServerKind,
+    Tls,
     connection_mode_problem,
     cpu_seconds,
+    make_certificate,
     serving,
+    tls_session,
 )
-from bench_tools import ToolError, ensure_modules, ensure_programs, program_version
+from bench_tools import (
+    ToolError,
+    ensure_modules,
+    ensure_openssl,
+    ensure_programs,
+    program_version,
+)
 from bench_wrk import WRK_THREADS, WrkError, WrkResult, run_wrk, write_scripts
 
 SHUTDOWN_LINE = re.compile(r"stopped after (\d+) requests logged in (\d+) log flushes")
-ASRV_USUAL_LINE = re.compile(r"listening on http://|stopped after \d+ requests")
+ASRV_USUAL_LINE = re.compile(r"listening on https?://|stopped after \d+ requests")
 CELL_OVERHEAD_SECONDS = 1.0  # start, readiness, stop, fresh root: measured on 2 cores
 MEMORY_SECONDS = 15
 
@@ -65,6 +80,7 @@ class Case:
     keep_alive: bool
     script: str | None = None
     writes: bool = False
+    tls: bool = False
 
 
 CASES = (
@@ -89,6 +105,12 @@ CASES = (
         "mix",
         True,
     ),
+    Case(
+        "get4k-ka-tls", "GET 4 KiB over TLS, keep-alive, 64 clients", "/file4k", 64, True, tls=True
+    ),
+    Case(
+        "get1m-ka-tls", "GET 1 MiB over TLS, keep-alive, 16 clients", "/file1m", 16, True, tls=True
+    ),
 )
 
 
@@ -107,10 +129,12 @@ class Cell:
     samples: list[Sample] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     remarks: list[str] = field(default_factory=list)
+    tls_sessions: set[str] = field(default_factory=set)
 
     @property
     def applicable(self) -> bool:
-        return self.kind.supports_put or not self.case.writes
+        puts = self.kind.supports_put or not self.case.writes
+        return puts and (self.kind.supports_tls or not self.case.tls)
 
     def rates(self) -> list[float]:
         return [sample.wrk.rate for sample in self.samples]
@@ -127,22 +151,26 @@ class Tools:
     wrk: str
     nginx: str
     scripts: dict[str, Path]
+    tls: Tls | None  # made when a TLS case runs
 
 
 def main() -> int:
     args = _parse_args()
     signal.signal(signal.SIGTERM, _interrupt)
+    cases = [case for case in CASES if args.case is None or case.key in args.case]
     try:
         ensure_modules()
-        wrk, nginx = ensure_programs()
+        tls = any(case.tls for case in cases)
+        wrk, nginx = ensure_programs(tls=tls)
+        openssl = ensure_openssl() if tls else None
     except ToolError as error:
         print(f"benchmarks/run.py: {error}", file=sys.stderr)
         return 2
     load_before = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="asrv-bench-"))
     try:
-        tools = Tools(wrk, nginx, write_scripts(workdir))
-        cases = [case for case in CASES if args.case is None or case.key in args.case]
+        certificate = None if openssl is None else make_certificate(openssl, workdir)
+        tools = Tools(wrk, nginx, write_scripts(workdir), certificate)
         cells = {(case.key, kind.key): Cell(case, kind) for case in cases for kind in KINDS}
         _announce(cells, args.seconds, args.rounds)
         for round_number in range(1, args.rounds + 1):
@@ -155,6 +183,9 @@ def main() -> int:
     except KeyboardInterrupt:
         print("benchmarks/run.py: interrupted; every server was stopped", file=sys.stderr)
         return 130
+    except ServerError as error:  # the certificate could not be made
+        print(f"benchmarks/run.py: {error}", file=sys.stderr)
+        return 2
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = render(cells, memory, args, nginx, (load_before, os.getloadavg()[0]))
@@ -231,10 +262,14 @@ def _run_cell(
     case, kind = cell.case, cell.kind
     work, root = fresh_site(workdir, f"{case.key}-{kind.key}")
     label = f"round {round_number}/{args.rounds}: {case.title}: {kind.label}"
+    tls = tools.tls if case.tls else None
+    client = None if tls is None else tls.client_context()
     try:
-        with serving(kind, root, work, nginx=tools.nginx) as server:
+        with serving(kind, root, work, nginx=tools.nginx, tls=tls) as server:
             if kind in (ASRV, ASRV_NO_FSYNC):
-                _probe_connection_mode(cell, server.port, round_number, label)
+                _probe_connection_mode(cell, server.port, round_number, label, client)
+            if client is not None:
+                cell.tls_sessions.add(tls_session(server.port, client))
             before = cpu_seconds(server.pid)
             result = run_wrk(
                 tools.wrk,
@@ -266,9 +301,11 @@ def _run_cell(
     )
 
 
-def _probe_connection_mode(cell: Cell, port: int, round_number: int, label: str) -> None:
+def _probe_connection_mode(
+    cell: Cell, port: int, round_number: int, label: str, tls: ssl.SSLContext | None
+) -> None:
     """Note it when asrv would not measure the case's connection mode."""
-    problem = connection_mode_problem(port, "/file4k", keep_alive=cell.case.keep_alive)
+    problem = connection_mode_problem(port, "/file4k", keep_alive=cell.case.keep_alive, tls=tls)
     if problem is not None:
         mode = "keep-alive" if cell.case.keep_alive else "1 request/connection"
         remark = f"round {round_number}: {mode} case, but asrv {problem}"
@@ -405,6 +442,7 @@ def _notes(
         "target, uvloop, no access log. Neither fsyncs nor keeps a log.",
         "- http.server: `python -m http.server`, HTTP/1.0 (closes every connection, also in "
         "the keep-alive cases), GET only: PUT cells are n/a.",
+        *_tls_notes(cells),
         "- asrv / this: asrv's req/s divided by this server's in the same round, median over "
         "rounds (default asrv / asrv --no-fsync). CPU us/req: user + sys time of the server "
         "process (with nginx's worker) during the wrk run divided by the requests wrk "
@@ -432,6 +470,28 @@ def _notes(
         for remark in cell.remarks:
             notes.append(f"- {cell.case.title}, {cell.kind.label}: {remark}")
     return notes
+
+
+def _tls_notes(cells: dict[tuple[str, str], Cell]) -> list[str]:
+    """What the TLS cases ran, and the protocol and cipher each server agreed with a client."""
+    tls_cells = [cell for cell in cells.values() if cell.case.tls and cell.applicable]
+    if not tls_cells:
+        return []
+    agreed: dict[str, set[str]] = {}
+    for cell in tls_cells:
+        agreed.setdefault(cell.kind.label, set()).update(cell.tls_sessions)
+    sessions = "; ".join(
+        f"{label}: {', '.join(sorted(found)) or '?'}" for label, found in agreed.items()
+    )
+    return [
+        "- TLS cases: HTTPS with one self-signed RSA-2048 certificate for 127.0.0.1 (openssl "
+        "req); asrv with --tls-cert/--tls-key, nginx with `listen ssl`, `ssl_protocols "
+        "TLSv1.2 TLSv1.3` (before 1.23.4 its default leaves out 1.3), default ciphers. "
+        "Without kernel TLS neither uses sendfile: nginx encrypts from user space, asrv "
+        "copies files through its workers. Keep-alive, so one handshake per wrk connection. "
+        "aiohttp and http.server are not run over TLS (n/a). "
+        f"Agreed with a Python client: {sessions}.",
+    ]
 
 
 def _first(item: tuple[float, Cell]) -> float:
