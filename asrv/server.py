@@ -28,7 +28,7 @@ from asrv.config import Config
 from asrv.connection import Connection, Services
 from asrv.errors import ExitStatus, FatalError, StartupError
 from asrv.etags import EtagStamper
-from asrv.filesystem import journals_metadata_in_order
+from asrv.filesystem import journals_metadata_in_order, shares_ordered_journal
 from asrv.locks import LockTable
 from asrv.logfile import LogFile
 from asrv.pool import WorkerPool
@@ -190,10 +190,13 @@ class Server:
                 f"asrv: cannot recover {config.root}: {error}", ExitStatus.RECOVERY_FAILED
             ) from None
         # A pipe or a terminal cannot be fsync'd: there, lines are only written in order.
+        syncs_log = config.fsync and log_file.is_file
+        # On one ordered journal, the log's own commit makes the root's changes durable.
+        one_commit = syncs_log and shares_ordered_journal(root_fd, log_file.fd)
         log = AuditLog(
             log_file.fd,
-            sync_data=config.fsync and log_file.is_file,
-            dir_fd=root_fd,
+            sync_data=syncs_log,
+            dir_fd=None if one_commit else root_fd,
             base_offset=log_file.size_now(),
         )
         self._log = log
@@ -213,6 +216,7 @@ class Server:
             log_tag=log_file.tag,
             stamper=EtagStamper.for_log(log_file.inode),
             metadata_in_order=journals_metadata_in_order(root_fd),
+            committed_by_log=one_commit,
         )
         try:
             self._pool.start(settle=lambda: log.sync(log.last_seq))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from asrv.auditlog import AuditLog
 from asrv.conditions import Conditions, ReadOutcome, Span, decide_read, write_allowed
 from asrv.etags import EtagStamper, current_etag
+from asrv.filesystem import write_back
 from asrv.http import RequestLine, Status
 from asrv.locks import LockTable
 from asrv.protected import Protected
@@ -118,14 +119,18 @@ class Store:
         log_tag: str = "-",
         stamper: EtagStamper | None = None,
         metadata_in_order: bool = False,
+        committed_by_log: bool = False,
     ) -> None:
         """`sink_fd` is open for writing on /dev/null: `warm` reads files into it.
         `log_tag` names the log in intent names (`LogFile.tag`); `stamper` gives new
         versions their ETags. `metadata_in_order`: the root's filesystem journals metadata
         in order (`filesystem`), so syncing the root also makes earlier stamps and unlinks
-        durable; otherwise the store has them synced explicitly."""
+        durable; otherwise the store has them synced explicitly. `committed_by_log`: the log
+        shares that journal, so the log's commit also makes an upload's written-back data
+        durable (`filesystem.write_back`), and it needs no sync of its own."""
         self._root = root_fd
         self._metadata_in_order = metadata_in_order
+        self._settle_data = write_back if committed_by_log else os.fdatasync
         self._log_tag = log_tag
         self._stamper = stamper or EtagStamper.for_run()
         self._sink = sink_fd
@@ -227,7 +232,9 @@ class Store:
         conditions = _preconditions(conditions)
         try:
             if self._sync_data:
-                os.fdatasync(upload.fd)
+                # Before its line can be durable: fdatasync, or, where the log's commit
+                # will cover it, only written back.
+                self._settle_data(upload.fd)
         except OSError:
             self.abandon(upload)
             return self._failed_write(line, request_id)

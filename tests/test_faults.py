@@ -173,6 +173,19 @@ def traced_server(site: Site, tmp_path: Path) -> Iterator[Callable[..., Traced]]
 
 
 @contextlib.contextmanager
+def log_elsewhere(site: Site) -> Iterator[Site]:
+    """The site's root with its log on a tmpfs: another filesystem, whose syncs do not
+    commit the root's journal, so the server syncs the root's changes itself."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no tmpfs at /dev/shm")
+    directory = Path(tempfile.mkdtemp(prefix="asrv-log-", dir="/dev/shm"))
+    try:
+        yield Site(site.root, directory / "audit.log")
+    finally:
+        shutil.rmtree(directory)
+
+
+@contextlib.contextmanager
 def small_tmpfs(directory: Path, size: str) -> Iterator[None]:
     """A tmpfs of `size` mounted on `directory`, or a skip where mounting is not allowed."""
     if shutil.which("mount") is None:
@@ -303,6 +316,8 @@ class Injection:
     error: str
     when: str
     path: str
+    log_elsewhere: bool = False
+    """The log on another filesystem than the root: only then is the root fsync'd."""
 
     def strace_options(self, site: Site) -> list[str]:
         inject = f"inject={self.syscall}:error={self.error}:when={self.when}"
@@ -319,7 +334,7 @@ INJECTIONS = [
     pytest.param(Injection("write", "ENOSPC", "6+", "log"), id="log-write-ENOSPC"),
     # The fsync of the root directory that makes the renamed temps of a batch's PUTs durable
     # before their lines fails: nothing of that batch may be written, let alone answered.
-    pytest.param(Injection("fsync", "EIO", "4+", "root"), id="root-fsync-EIO"),
+    pytest.param(Injection("fsync", "EIO", "4+", "root", True), id="root-fsync-EIO"),
 ]
 
 
@@ -333,9 +348,21 @@ def test_log_failure_stops_the_server(
     """Under GET and PUT load the log fails: the server stops by itself with status 3 and
     one line of reason; every request that got any response is logged with its status,
     and after a restart the files are the replay of the log, with no temp file left."""
+    with contextlib.ExitStack() as stack:
+        if injection.log_elsewhere:
+            site = stack.enter_context(log_elsewhere(site))
+        check_log_failure_stops_the_server(injection, site, traced_server, spawn_server)
+
+
+def check_log_failure_stops_the_server(
+    injection: Injection,
+    site: Site,
+    traced_server: Callable[..., Traced],
+    spawn_server: Callable[..., Process],
+) -> None:
     (site.root / "f0").write_bytes(body_for("seed"))
     site.log.write_bytes(b"PUT,/f0,201,seed\n")
-    server = traced_server(injection.strace_options(site), "-t", "2", "--timeout", "5")
+    server = traced_server(injection.strace_options(site), "-t", "2", "--timeout", "5", on=site)
 
     outcome = asyncio.run(load_until_stopped(server.port, 12, seconds=20))
 
@@ -348,7 +375,7 @@ def test_log_failure_stops_the_server(
 
     # A restart recovers (a logged PUT's rename may have been cut short); then the log
     # must explain everything clients were told and every file in the root.
-    restarted = spawn_server()
+    restarted = spawn_server("--log", str(site.log))
     assert restarted.stop() == 0
     assert temp_files(site.root) == []
     outcome.sent.add("seed")
@@ -451,6 +478,37 @@ def test_upload_write_error_fails_that_put_alone(
         "GET,/a,200,5",
     ]
     assert sorted(p.name for p in site.root.iterdir()) == ["a"]
+
+
+@pytest.mark.parametrize("layout", ["one-journal", "log-elsewhere"])
+def test_an_upload_that_cannot_be_settled_fails_that_put_alone(
+    layout: str, site: Site, traced_server: Callable[..., Traced]
+) -> None:
+    """EIO making the second PUT's data durable (sync_file_range where the log's commit
+    covers the root, fdatasync of the upload elsewhere): that PUT gets 500, logged, and
+    nothing changes."""
+    with contextlib.ExitStack() as stack:
+        if layout == "log-elsewhere":
+            site = stack.enter_context(log_elsewhere(site))
+        # One worker, as strace counts calls per thread. sync_file_range is the uploads'
+        # alone; fdatasync is also the log's: the first PUT's upload, its line, then the
+        # second PUT's upload.
+        syscall, when = ("sync_file_range", 2) if layout == "one-journal" else ("fdatasync", 3)
+        inject = f"inject={syscall}:error=EIO:when={when}"
+        options = ["-e", f"trace={syscall}", "-e", inject]
+        server = traced_server(options, "-t", "1", on=site)
+        failed = response(500, "Internal Server Error")
+
+        async def scenario() -> None:
+            assert await put(server.port, "a", b"A1", 1) == response(201, "Created")
+            assert await put(server.port, "a", b"A2", 2) == failed
+            assert await get(server.port, "a", 3) == response(200, "OK", b"A1")
+
+        asyncio.run(scenario())
+        server.signal(signal.SIGTERM)
+        assert server.wait(10) == 0
+        assert site.log_lines() == ["PUT,/a,201,1", "PUT,/a,500,2", "GET,/a,200,3"]
+        assert sorted(p.name for p in site.root.iterdir()) == ["a"]
 
 
 # A real full disk under the root.
@@ -821,12 +879,18 @@ def test_tls_trace_checker_catches_a_response_before_its_line() -> None:
         check_tls_responses_wait_for_fdatasync(parse_trace(unsynced), "/l", connections)
 
 
-@pytest.fixture(params=["tmp", "tmpfs"])
+@pytest.fixture(params=["tmp", "log-elsewhere", "tmpfs"])
 def any_site(request: pytest.FixtureRequest, site: Site) -> Iterator[Site]:
-    """The test's site, and one on a tmpfs: a filesystem asrv does not count on to journal
-    metadata in order, where it syncs stamps and unlinks itself."""
+    """The test's site (where the log's commit covers the root's changes, on ext4); its
+    root with the log on a tmpfs (the root's changes synced on their own); and one wholly on
+    a tmpfs: a filesystem asrv does not count on to journal metadata in order, where it
+    syncs stamps and unlinks itself."""
     if request.param == "tmp":
         yield site
+        return
+    if request.param == "log-elsewhere":
+        with log_elsewhere(site) as split:
+            yield split
         return
     if not Path("/dev/shm").is_dir():
         pytest.skip("no tmpfs at /dev/shm")
@@ -836,6 +900,14 @@ def any_site(request: pytest.FixtureRequest, site: Site) -> Iterator[Site]:
         yield Site(directory / "root", directory / "audit.log")
     finally:
         shutil.rmtree(directory)
+
+
+def log_commits_root(site: Site) -> bool:
+    """Whether the server counts on the log's fdatasync to commit the root's changes too
+    (one ordered journal under both): then it syncs nothing else."""
+    return metadata_in_order(site.root) and (
+        os.stat(site.root).st_dev == os.stat(site.log.parent).st_dev
+    )
 
 
 def metadata_in_order(root: Path) -> bool:
@@ -849,8 +921,9 @@ def metadata_in_order(root: Path) -> bool:
 def test_trace_shows_each_delete_unlink_after_its_line_is_durable(
     any_site: Site, traced_server: Callable[..., Traced], tmp_path: Path
 ) -> None:
-    """Write-ahead for DELETE: the file gets its intent name, the root is fsync'd, the line
-    is written and fdatasync'd, and only then does the name disappear."""
+    """Write-ahead for DELETE: the file gets its intent name, the root is fsync'd (unless
+    the log's own commit covers it), the line is written and fdatasync'd, and only then does
+    the name disappear."""
     site = any_site
     names = [f"f{n}" for n in range(12)]
     for name in names:
@@ -887,7 +960,11 @@ def test_trace_shows_each_delete_unlink_after_its_line_is_durable(
         gone = next(c for c in calls if c.name == "unlinkat" and c.data == name.encode())
         dir_syncs = [c for c in calls if c.fd == root and c.name == "fsync"]
         log_syncs = [c for c in calls if c.fd == log_path and c.name == "fdatasync"]
-        assert any(linked.end < sync.begin and sync.end < written.begin for sync in dir_syncs)
+        if log_commits_root(site):
+            # The log's commit, which makes the line durable, takes the intent with it.
+            assert linked.end < written.begin and not dir_syncs
+        else:
+            assert any(linked.end < sync.begin and sync.end < written.begin for sync in dir_syncs)
         assert any(written.end < sync.begin and sync.end < gone.begin for sync in log_syncs)
         if metadata_in_order(site.root):
             continue  # the journal keeps the two unlinks in order
@@ -941,6 +1018,43 @@ def test_trace_shows_each_etag_stamp_durable_before_its_put_line(
             assert any(c.end < written.begin for c in synced), name
 
 
+def test_trace_shows_each_upload_settled_before_its_put_line(
+    any_site: Site, traced_server: Callable[..., Traced], tmp_path: Path
+) -> None:
+    """A PUT's data is on the disk before its line can be durable: where the log's commit
+    covers the root (one ordered journal), each upload is written back with
+    sync_file_range, and nothing else of the root is synced; elsewhere each upload is
+    fdatasync'd and the root fsync'd before the line is written."""
+    site = any_site
+    trace = tmp_path / "trace"
+    syscalls = "write,fsync,fdatasync,sync_file_range"
+    options = ["-yy", "-s", "4096", "-e", f"trace={syscalls}", "-o", str(trace)]
+    server = traced_server(options, on=site)
+    names = [f"p{n}" for n in range(8)]
+
+    async def load() -> list[bytes]:
+        return await asyncio.gather(*(put(server.port, name, b"x" * 5000, name) for name in names))
+
+    assert asyncio.run(load()) == [response(201, "Created")] * len(names)
+    server.signal(signal.SIGTERM)
+    assert server.wait(10) == 0
+    calls = parse_trace(trace.read_text())
+    log_path = str(site.log.resolve())
+    upload = re.compile(rf"{re.escape(str(site.root.resolve()))}/\.asrv_upload_.*")
+    commits = log_commits_root(site)
+    settle = "sync_file_range" if commits else "fdatasync"
+    settled = [c for c in calls if upload.fullmatch(c.fd) and c.name == settle]
+    assert len(settled) == len(names), [c.name for c in calls if upload.fullmatch(c.fd)]
+    root_syncs = [c for c in calls if c.fd == str(site.root.resolve()) and c.name == "fsync"]
+    assert bool(root_syncs) is not commits
+    lines_written = 0
+    for call in calls:
+        if call.fd == log_path and call.name == "write":
+            lines_written += call.data.count(b"\n")
+            # Every PUT whose line this write holds had its upload settled before.
+            assert sum(c.end < call.begin for c in settled) >= lines_written, call
+
+
 # Crash points: kill -9 at an exact syscall of a PUT's or DELETE's critical step.
 
 CRASH_SEQUENCE = [
@@ -957,17 +1071,8 @@ CRASH_SEQUENCE = [
 """Requests sent one after another to a server with one worker, whose thread then makes
 every file syscall in a known order (see CRASH_POINTS)."""
 
-CRASH_POINTS = [
-    # (syscall, its n-th call on the worker): what the process is doing when it dies
-    ("fdatasync", 1),  # the first PUT's upload, before its critical step
-    ("fsetxattr", 1),  # stamping the first PUT's new version
-    ("renameat", 1),  # the first PUT's upload to its intent name
-    ("fsync", 1),  # the leader syncs the root before the first PUT's line
-    ("fdatasync", 2),  # the first PUT's line, written and being synced
-    ("renameat", 2),  # installing the first PUT, its line durable
+SHARED_CHANGE_POINTS = [
     ("linkat", 1),  # the first DELETE's intent
-    ("fsync", 3),  # the root, before the first DELETE's line
-    ("fdatasync", 5),  # the first DELETE's line
     ("unlinkat", 1),  # the first DELETE's name, its line durable
     ("unlinkat", 2),  # the first DELETE's intent
     ("fsetxattr", 3),  # the conditional PUT's stamp
@@ -976,20 +1081,63 @@ CRASH_POINTS = [
     ("unlinkat", 3),  # the conditional DELETE's name
     ("unlinkat", 5),  # the last DELETE's name
 ]
+ONE_JOURNAL_POINTS = [
+    # The log on the root's ext4: its commit covers data written back, renames and stamps.
+    ("sync_file_range", 1),  # the first PUT's upload written back, before its critical step
+    ("fsetxattr", 1),  # stamping the first PUT's new version
+    ("renameat", 1),  # the first PUT's upload to its intent name
+    ("fdatasync", 1),  # the first PUT's line, written and being committed
+    ("renameat", 2),  # installing the first PUT, its line durable
+    ("fdatasync", 3),  # the first DELETE's line
+    *SHARED_CHANGE_POINTS,
+]
+CRASH_POINTS = [
+    # (syscall, its n-th call on the worker): what the process is doing when it dies
+    ("fdatasync", 1),  # the first PUT's upload, before its critical step
+    ("fsetxattr", 1),  # stamping the first PUT's new version
+    ("renameat", 1),  # the first PUT's upload to its intent name
+    ("fsync", 1),  # the leader syncs the root before the first PUT's line
+    ("fdatasync", 2),  # the first PUT's line, written and being synced
+    ("renameat", 2),  # installing the first PUT, its line durable
+    ("fsync", 3),  # the root, before the first DELETE's line
+    ("fdatasync", 5),  # the first DELETE's line
+    *SHARED_CHANGE_POINTS,
+]
+"""The log on a tmpfs, the root on ext4: each upload fdatasync'd, the root fsync'd before
+a batch's lines (its renames and stamps), the log fdatasync'd."""
+LAYOUT_POINTS = [("one-journal", point) for point in ONE_JOURNAL_POINTS] + [
+    ("log-elsewhere", point) for point in CRASH_POINTS
+]
 
 
 @pytest.mark.parametrize(
-    ("syscall", "when"), CRASH_POINTS, ids=[f"{s}-{w}" for s, w in CRASH_POINTS]
+    ("layout", "point"),
+    LAYOUT_POINTS,
+    ids=[f"{layout}-{s}-{w}" for layout, (s, w) in LAYOUT_POINTS],
 )
 def test_a_crash_at_each_point_of_a_change_leaves_what_the_log_says(
     site: Site,
     traced_server: Callable[..., Traced],
     spawn_server: Callable[..., Process],
-    syscall: str,
-    when: int,
+    layout: str,
+    point: tuple[str, int],
 ) -> None:
+    with contextlib.ExitStack() as stack:
+        if layout == "log-elsewhere":
+            site = stack.enter_context(log_elsewhere(site))
+        assert log_commits_root(site) == (layout == "one-journal")
+        check_a_crash_at(point, site, traced_server, spawn_server)
+
+
+def check_a_crash_at(
+    point: tuple[str, int],
+    site: Site,
+    traced_server: Callable[..., Traced],
+    spawn_server: Callable[..., Process],
+) -> None:
+    syscall, when = point
     options = ["-e", f"trace={syscall}", "-e", f"inject={syscall}:signal=SIGKILL:when={when}"]
-    server = traced_server(options, "-t", "1", seccomp=False)
+    server = traced_server(options, "-t", "1", seccomp=False, on=site)
     answered: dict[str, tuple[int, bytes]] = {}
 
     async def send_all() -> None:
@@ -1014,7 +1162,7 @@ def test_a_crash_at_each_point_of_a_change_leaves_what_the_log_says(
     asyncio.run(send_all())
     assert server.wait(30) != 0, "the crash point was never reached"
     assert len(answered) < len(CRASH_SEQUENCE)
-    restarted = spawn_server("-t", "1")
+    restarted = spawn_server("-t", "1", "--log", str(site.log))
     assert restarted.stop() == 0
     lines = site.log_lines()
     logged = {line.rsplit(",", 1)[1]: line for line in lines}

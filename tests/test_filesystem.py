@@ -1,14 +1,21 @@
-"""Telling from the mount table whether the root's filesystem journals metadata in order."""
+"""Telling from the mount table whether the root's filesystem journals metadata in order,
+whether the log shares that journal, and writing a file back without a commit."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from asrv.filesystem import filesystem_type, journals_metadata_in_order
+from asrv.filesystem import (
+    filesystem_type,
+    journals_metadata_in_order,
+    shares_ordered_journal,
+    write_back,
+)
 
 
 @pytest.fixture
@@ -63,3 +70,35 @@ def test_an_unreadable_mount_table_means_unknown(tmp_path: Path, root_fd: int) -
 
 def test_the_real_mount_table_names_the_tmp_filesystem(root_fd: int) -> None:
     assert filesystem_type(root_fd) is not None
+
+
+def test_the_log_shares_the_roots_journal_only_on_the_same_filesystem(
+    tmp_path: Path, root_fd: int
+) -> None:
+    if not journals_metadata_in_order(root_fd):
+        pytest.skip("the temporary directory is not on ext4 or XFS")
+    here = os.open(tmp_path / "audit.log", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        assert shares_ordered_journal(root_fd, here)
+    finally:
+        os.close(here)
+    if not Path("/dev/shm").is_dir():
+        return
+    elsewhere = os.open("/dev/shm", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert not shares_ordered_journal(root_fd, elsewhere)
+    finally:
+        os.close(elsewhere)
+
+
+def test_write_back_writes_a_files_pages_and_reports_errors(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "data", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"x" * 100_000)
+        write_back(fd)
+        assert os.pread(fd, 10, 99_990) == b"x" * 10
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as failed:
+        write_back(fd)  # closed
+    assert failed.value.errno == errno.EBADF
