@@ -87,6 +87,9 @@ class Connection:
         self.started = False
         """Whether `serve` has begun (and so will close its channel itself)."""
         self._waiting = True  # for the first byte of a next request
+        # Whether every byte the last request sent or announced has been read: then the
+        # client has nothing more on its way, and closing cannot reset the connection.
+        self._consumed = True
         # A request whose line parsed and whose log line is not yet on its way: if the
         # connection is cancelled (shutdown), it is still logged, as the 400 it became.
         # (Its Request-Id is None while the head is incomplete: the reader finds it.)
@@ -137,8 +140,10 @@ class Connection:
         if event is None:
             return _Step.END
         if isinstance(event, HttpError):
+            self._consumed = False  # whatever follows a bad head is of unknown length
             return _step(await self._reject(event))
         request = event
+        self._consumed = not request.content_length
         self._unlogged = (request.line, request.request_id)
         refusal = self._refusal(request)
         if refusal is not None:
@@ -283,6 +288,7 @@ class Connection:
             del data
             if outcome is not None:
                 await outcome
+        self._consumed = True
         return True
 
     async def _skip_body(self, request: Request) -> bool:
@@ -442,13 +448,15 @@ class Connection:
 
         Send FIN, then read and discard whatever the client still sends until it closes
         too, for at most `timeout` seconds: closing with unread data would make the kernel
-        send RST, which can destroy the response before the client reads it. Under TLS the
-        loop's TLS shutdown does the same after close_notify.
+        send RST, which can destroy the response before the client reads it.
         """
-        if not self._channel.finish_sending():
-            # TLS has no half-close, and the client may wait for the end: closing at once
-            # sends close_notify after the response, then the loop's TLS shutdown reads on
-            # until the client's own (at most --timeout), so no reset can destroy it.
+        if not self._channel.finish_sending() and self._consumed and not self._has_next():
+            # TLS has no half-close, and the client may wait for the end: as it has sent
+            # all it meant to, closing at once sends close_notify after the response, and
+            # the loop's TLS shutdown reads on until the client's own (at most --timeout).
+            # A client still sending must not meet that shutdown: TLS answers its data
+            # with an alert and a reset that can destroy the response. It is read to its
+            # end here, as without TLS, and the close waits for it.
             return
         deadline = self._channel.now() + self._config.timeout
         with contextlib.suppress(TimeoutError):

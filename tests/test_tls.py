@@ -5,6 +5,7 @@ N + 1 threads, and clients that stall in the handshake or do not speak TLS at al
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
@@ -13,7 +14,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -122,9 +122,10 @@ def test_a_closing_response_ends_the_connection_at_once(
     spawn_server: Callable[..., Process],
     tmp_path: Path,
 ) -> None:
-    """TLS has no half-close: after a response that ends the connection the server sends
-    close_notify at once (a client reading to the end is not kept for --timeout), and a
-    client still sending an unread body gets the whole response, not a reset."""
+    """TLS has no half-close: after a response that ends the connection, with every byte
+    of the request read, the server sends close_notify at once (a client reading to the end
+    is not kept for --timeout); a client still sending a body the server will not read gets
+    the whole response, not a reset."""
     (site.root / "a").write_bytes(b"A\n")
     tokens = tmp_path / "writers"
     tokens.write_text("tls-writer-token\n")
@@ -151,26 +152,40 @@ def test_a_closing_response_ends_the_connection_at_once(
             sock.sendall(request)
             assert to_the_end(sock).endswith(b"\r\n\r\nA\n")
     assert time.monotonic() - started < 20  # not the 60 s of --timeout
+
+    async def refused_while_sending() -> bytes:
+        # One thread, as an SSL connection cannot be read and written from two at once.
+        reader, writer = await asyncio.open_connection(
+            HOST, server.port, ssl=client_context(certificate), server_hostname=HOST
+        )
+        writer.write(b"PUT /b HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n")
+
+        async def pump() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    writer.write(b"x" * 65536)
+                    await writer.drain()
+
+        pumping = asyncio.create_task(pump())
+        answer = b""
+        try:
+            # As a client does: it reads the response while it sends, then stops.
+            while not answer.endswith(b"\r\n\r\nUnauthorized\n"):
+                chunk = await asyncio.wait_for(reader.read(65536), 30)
+                assert chunk, f"the connection ended after {answer!r}"
+                answer += chunk
+        finally:
+            pumping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pumping
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 10)
+        return answer
+
     for _ in range(5):
-        with connect() as sock:
-            sock.sendall(b"PUT /b HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n")
-            sending = threading.Event()
-            sending.set()
-
-            def pump(sock: ssl.SSLSocket = sock, sending: threading.Event = sending) -> None:
-                with contextlib.suppress(OSError):
-                    while sending.is_set():
-                        sock.sendall(b"x" * 65536)
-
-            pumping = threading.Thread(target=pump)
-            pumping.start()
-            try:
-                answer = to_the_end(sock)
-            finally:
-                sending.clear()
-                pumping.join(30)
-            assert answer.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
-            assert answer.endswith(b"\r\n\r\nUnauthorized\n")
+        answer = asyncio.run(refused_while_sending())
+        assert answer.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
     assert time.monotonic() - started < 40
     assert server.stop() == 0
     assert site.log_lines() == ["GET,/a,200,0"] * 2 + ["PUT,/b,401,0"] * 5
