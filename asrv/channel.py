@@ -338,14 +338,12 @@ class Channel(asyncio.Protocol):
             self._loop.remove_writer(self._watched)
             self._watched = -1
 
-    def finish_sending(self) -> bool:
-        """Send FIN after what is queued (the response is complete). False where that is not
-        possible: the client is gone, or the transport has no half-close (TLS)."""
+    def finish_sending(self) -> None:
+        """Send FIN after what is queued (the response is complete); nothing where the
+        transport has no half-close (TLS)."""
         transport = self._transport()
-        if self.lost or not transport.can_write_eof():
-            return False
-        transport.write_eof()
-        return True
+        if not self.lost and transport.can_write_eof():
+            transport.write_eof()
 
     def close(self) -> None:
         self._cancel_timer()

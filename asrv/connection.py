@@ -446,17 +446,19 @@ class Connection:
     async def _linger(self) -> None:
         """Close after the last response without losing it to a reset.
 
-        Send FIN, then read and discard whatever the client still sends until it closes
-        too, for at most `timeout` seconds: closing with unread data would make the kernel
-        send RST, which can destroy the response before the client reads it.
+        Closing a socket that still receives data makes the kernel send RST, which can
+        destroy the response before the client reads it. So when the client may still be
+        sending (a body the server did not read, a head it could not frame, bytes already
+        here), the server half-closes and reads and discards until the client closes too,
+        for at most `timeout` seconds. Otherwise it closes at once, as nginx does, and the
+        client has its end of the response without a wait.
         """
-        if not self._channel.finish_sending() and self._consumed and not self._has_next():
-            # TLS has no half-close, and the client may wait for the end: as it has sent
-            # all it meant to, closing at once sends close_notify after the response, and
-            # the loop's TLS shutdown reads on until the client's own (at most --timeout).
-            # A client still sending must not meet that shutdown: TLS answers its data
-            # with an alert and a reset that can destroy the response. It is read to its
-            # end here, as without TLS, and the close waits for it.
+        # Under TLS, which has no half-close, this sends nothing: closing sends close_notify
+        # after the response, and the loop's TLS shutdown reads on until the client's own.
+        # A client still sending must not meet that shutdown, which answers its data with
+        # an alert and a reset: its end is awaited first, as without TLS.
+        self._channel.finish_sending()
+        if self._consumed and not self._has_next():
             return
         deadline = self._channel.now() + self._config.timeout
         with contextlib.suppress(TimeoutError):
