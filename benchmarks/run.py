@@ -1,7 +1,7 @@
 """Benchmark asrv against its ceiling, nginx, aiohttp and http.server on this machine, with wrk.
 
     python benchmarks/run.py [--seconds 5] [--rounds 3] [--out bench-results/latest.md]
-                             [--case KEY ...]
+                             [--case KEY ...] [--server KEY ...]
 
 Every server runs on 127.0.0.1 on its own port with its own fresh root, one at a time. The
 cells run in interleaved rounds (for each round, for each case: asrv, asrv --no-fsync, the
@@ -168,6 +168,7 @@ def main() -> int:
     args = _parse_args()
     signal.signal(signal.SIGTERM, _interrupt)
     cases = [case for case in CASES if args.case is None or case.key in args.case]
+    kinds = [kind for kind in KINDS if args.server is None or kind.key in args.server]
     try:
         ensure_modules()
         tls = any(case.tls for case in cases)
@@ -181,11 +182,11 @@ def main() -> int:
     try:
         certificate = None if openssl is None else make_certificate(openssl, workdir)
         tools = Tools(wrk, nginx, write_scripts(workdir), certificate)
-        cells = {(case.key, kind.key): Cell(case, kind) for case in cases for kind in KINDS}
+        cells = {(case.key, kind.key): Cell(case, kind) for case in cases for kind in kinds}
         _announce(cells, args.seconds, args.rounds)
         for round_number in range(1, args.rounds + 1):
             for case in cases:
-                for kind in KINDS:
+                for kind in kinds:
                     cell = cells[case.key, kind.key]
                     if cell.applicable:
                         _run_cell(cell, round_number, args, tools, workdir)
@@ -228,6 +229,12 @@ def _parse_args() -> argparse.Namespace:
         action="append",
         choices=[case.key for case in CASES],
         help="run only this case (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--server",
+        action="append",
+        choices=[kind.key for kind in KINDS],
+        help="run only this server (repeatable; default: all)",
     )
     return parser.parse_args()
 
@@ -412,7 +419,8 @@ def _row(cells: dict[tuple[str, str], Cell], cell: Cell) -> str:
             to_ceiling = _ratio(cell, ceiling)
     else:
         ratio = " / ".join(
-            _ratio(cells[cell.case.key, asrv.key], cell) for asrv in (ASRV, ASRV_NO_FSYNC)
+            _ratio(mine, cell) if (mine := cells.get((cell.case.key, asrv.key))) else "-"
+            for asrv in (ASRV, ASRV_NO_FSYNC)
         )
     if cell.kind in LOGGING_KINDS:
         flushes = [s.flushes_per_1k for s in cell.samples if s.flushes_per_1k is not None]
