@@ -1,7 +1,7 @@
 """Instructions per request: asrv under valgrind's callgrind, a measure that noise does not move.
 
     python benchmarks/instructions.py [--case KEY ...] [--repeat 1] [--windows 3]
-                                      [--limit 170] [--keep DIR] [NAME=SOURCE ...]
+                                      [--limit 170] [--keep DIR] [--ceiling] [NAME=SOURCE ...]
 
 req/s and CPU time swing with whatever else the machine runs; the number of instructions
 asrv executes per request hardly does, so it can judge a step far smaller than the spread
@@ -11,7 +11,9 @@ a system call counts as the instructions that make it, not as the kernel's work,
 CPU time of `run.py` still shows.
 
 Each variant is a NAME and the SOURCE checkout whose `asrv` package runs (default `now=.`),
-as in `ab.py`: `before=/path/to/other/checkout now=.`. For each of `--repeat` rounds, for
+as in `ab.py`: `before=/path/to/other/checkout now=.`; `--ceiling` adds the ceiling of
+`run.py` (`ceiling.py`, no asrv code at all) as one more variant, so the distance to it can
+be told in instructions too. For each of `--repeat` rounds, for
 each case, for each variant (so variants interleave), one asrv (`-t 4`, a fresh root with a
 4 KiB and a 1 MiB file, its audit log beside it, fsync on, `PYTHONHASHSEED=0`) runs under
 `valgrind --tool=callgrind --fair-sched=yes` on 127.0.0.1 (valgrind runs one thread at a
@@ -55,7 +57,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_servers import ASRV, ASRV_THREADS, HOST, Running, ServerError, stop
+from bench_servers import ASRV, ASRV_THREADS, CEILING, HERE, HOST, Running, ServerError, stop
 from bench_tools import which
 
 CLIENTS = 4
@@ -94,7 +96,7 @@ CASE_KEYS = [case.key for case in CASES]
 @dataclass(frozen=True)
 class Variant:
     name: str
-    source: Path
+    source: Path | None  # None: the ceiling
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ def main() -> int:
                     results.empty.append(empty)
                     results.windows.setdefault((case.key, variant.name), []).extend(windows)
     except KeyboardInterrupt:
-        print("benchmarks/instructions.py: interrupted; asrv was stopped", file=sys.stderr)
+        print("benchmarks/instructions.py: interrupted; the server was stopped", file=sys.stderr)
         return 130
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -191,6 +193,9 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--keep", type=Path, help="copy the callgrind files into this directory")
     parser.add_argument(
+        "--ceiling", action="store_true", help="measure the ceiling (ceiling.py) as well"
+    )
+    parser.add_argument(
         "variants",
         nargs="*",
         type=_variant,
@@ -200,6 +205,8 @@ def _parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if not args.variants:
         args.variants = [_variant("now=.")]
+    if args.ceiling:
+        args.variants.append(Variant(CEILING.key, None))
     if len({variant.name for variant in args.variants}) < len(args.variants):
         parser.error("variant names must differ")
     return args
@@ -225,8 +232,9 @@ def _positive(text: str) -> int:
 def _run(
     variant: Variant, case: Case, windows: int, tools: Tools, *, work: Path, label: str
 ) -> tuple[int, list[Window]]:
-    """One asrv under callgrind: warm-up, an empty window, then the measured windows; the
-    empty window's Ir and the windows. asrv is stopped before this returns."""
+    """One asrv (or the ceiling) under callgrind: warm-up, an empty window, then the
+    measured windows; the empty window's Ir and the windows. The server is stopped before
+    this returns."""
     root = work / "root"
     root.mkdir(parents=True)
     (root / "file4k").write_bytes(b"g" * 4096)
@@ -235,10 +243,15 @@ def _run(
     argv = ["timeout", "--kill-after=10", str(tools.limit), tools.valgrind, "--tool=callgrind"]
     argv += [f"--callgrind-out-file={out}", f"--vgdb-prefix={vgdb}"]
     argv += ["--fair-sched=yes", "--compress-strings=no", "--compress-pos=no"]
-    argv += [sys.executable, "-m", "asrv", "--host", HOST, "--root", str(root)]
-    argv += ["--log", str(work / "audit.log"), "-t", str(ASRV_THREADS)]
-    argv += ["--timeout", str(ASRV_TIMEOUT), "0"]
-    env = {**os.environ, "PYTHONPATH": str(variant.source), "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if variant.source is None:
+        argv += [sys.executable, str(HERE / "ceiling.py"), "--host", HOST, "--root", str(root)]
+        argv += ["--log", str(work / "ceiling.log"), "0"]
+    else:
+        argv += [sys.executable, "-m", "asrv", "--host", HOST, "--root", str(root)]
+        argv += ["--log", str(work / "audit.log"), "-t", str(ASRV_THREADS)]
+        argv += ["--timeout", str(ASRV_TIMEOUT), "0"]
+        env["PYTHONPATH"] = str(variant.source)
     stderr_path = work / "stderr"
     started = time.monotonic()
     deadline = started + tools.limit - STOP_MARGIN
@@ -252,7 +265,7 @@ def _run(
             cwd=variant.source,  # `python -m` puts the working directory first on the path
             start_new_session=True,
         )
-    server = Running(ASRV, process, 0, stderr_path)
+    server = Running(ASRV if variant.source else CEILING, process, 0, stderr_path)
     try:
         server.port = _wait_listening(server)
         pid = _valgrind_pid(process.pid)
@@ -290,7 +303,7 @@ def _run(
         stop(server)
         if process.returncode not in (0, None):
             print(
-                f"{label}: asrv under valgrind exited with status {process.returncode}",
+                f"{label}: the server under valgrind exited with status {process.returncode}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -307,7 +320,7 @@ def _wait_listening(server: Running) -> int:
             break
         time.sleep(0.2)
     text = server.stderr_path.read_text(errors="replace")
-    raise MeasureError(f"asrv did not listen under valgrind: {text.strip()[-2000:]}")
+    raise MeasureError(f"{server.kind.key} did not listen under valgrind: {text.strip()[-2000:]}")
 
 
 def _valgrind_pid(timeout_pid: int) -> int:
