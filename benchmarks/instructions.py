@@ -240,7 +240,10 @@ def _run(
     (root / "file4k").write_bytes(b"g" * 4096)
     (root / "file1m").write_bytes(b"G" * (1 << 20))
     out, vgdb = work / "callgrind.out", work / "vgdb"
-    argv = ["timeout", "--kill-after=10", str(tools.limit), tools.valgrind, "--tool=callgrind"]
+    # --foreground: timeout signals valgrind alone, not its own process group as well, which
+    # would give asrv a second SIGTERM during its shutdown (and make it leave at once).
+    argv = ["timeout", "--foreground", "--kill-after=10", str(tools.limit)]
+    argv += [tools.valgrind, "--tool=callgrind"]
     argv += [f"--callgrind-out-file={out}", f"--vgdb-prefix={vgdb}"]
     argv += ["--fair-sched=yes", "--compress-strings=no", "--compress-pos=no"]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
