@@ -1,5 +1,6 @@
-"""Sessions: `nox` runs tests, lint and typecheck; `nox -s bench` measures and `nox -s build`
-checks the packages (neither runs by default)."""
+"""Sessions: `nox` runs tests, lint and typecheck; `nox -s bench` measures,
+`nox -s bench_instructions` counts instructions per request and `nox -s build` checks the
+packages (none of these three runs by default)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,17 @@ def bench(session: nox.Session) -> None:
     """
     session.install(".", "aiohttp")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def bench_instructions(session: nox.Session) -> None:
+    """Instructions per request of asrv under valgrind's callgrind; not run by default.
+
+    Needs valgrind. Arguments go to benchmarks/instructions.py: to compare two builds,
+    `nox -s bench_instructions -- before=/path/to/other/checkout now=.`.
+    """
+    session.install(".")
+    session.run("python", "benchmarks/instructions.py", *session.posargs)
 
 
 @nox.session

@@ -8,8 +8,12 @@ asrv runs in its default connection mode in every case: persistent connections, 
 a response to a request that says `Connection: close`. Which of the two a case measures is
 up to the client; `connection_mode_problem` checks that the server does what the case needs.
 
+The ceiling (`ceiling.py`) is a bare uvloop protocol with asrv's loop, listening socket and
+group-committed log sync, and no file work: a fixed response per request. What asrv falls
+short of it is what asrv's own code costs.
+
 Given a `Tls` (a certificate and key made by `make_certificate`), asrv and nginx serve HTTPS
-with it instead of HTTP; aiohttp and http.server are not run over TLS.
+with it instead of HTTP; aiohttp, http.server and the ceiling are not run over TLS.
 """
 
 from __future__ import annotations
@@ -84,10 +88,11 @@ class ServerKind:
 
 ASRV = ServerKind("asrv", "asrv", True, True)
 ASRV_NO_FSYNC = ServerKind("asrv-no-fsync", "asrv --no-fsync", True, True)
+CEILING = ServerKind("ceiling", "ceiling (fixed response, fsync)", True, False)
 NGINX = ServerKind("nginx", "nginx (no fsync)", True, True)
 AIOHTTP = ServerKind("aiohttp", "aiohttp+uvloop (no fsync)", True, False)
 HTTP_SERVER = ServerKind("http.server", "http.server", False, False)
-KINDS = (ASRV, ASRV_NO_FSYNC, NGINX, AIOHTTP, HTTP_SERVER)
+KINDS = (ASRV, ASRV_NO_FSYNC, CEILING, NGINX, AIOHTTP, HTTP_SERVER)
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,24 @@ def start_asrv(
     process = _spawn(argv, stderr_path, env, source)
     server = Running(kind, process, 0, stderr_path, tls=tls is not None)
     try:
-        server.port = _wait_for_asrv_port(server)
+        server.port = _wait_for_reported_port(server)
+    except BaseException:
+        stop(server)
+        raise
+    return server
+
+
+def start_ceiling(root: Path, work: Path, *, fsync: bool = True) -> Running:
+    """Start the ceiling (`ceiling.py`) on a port it picks, logging to `work`/ceiling.log;
+    it serves `root`'s file1m with sendfile and a fixed 4 KiB for any other GET."""
+    argv = [sys.executable, str(HERE / "ceiling.py"), "--root", str(root), "--host", HOST]
+    argv += ["--log", str(work / "ceiling.log"), "0"]
+    if not fsync:
+        argv.insert(-1, "--no-fsync")
+    stderr_path = work / f"{CEILING.key}.stderr"
+    server = Running(CEILING, _spawn(argv, stderr_path), 0, stderr_path)
+    try:
+        server.port = _wait_for_reported_port(server)
     except BaseException:
         stop(server)
         raise
@@ -307,6 +329,10 @@ def _read_response(connection: socket.socket) -> bytes | None:
 def _start(kind: ServerKind, root: Path, work: Path, *, nginx: str, tls: Tls | None) -> Running:
     if kind in (ASRV, ASRV_NO_FSYNC):
         return start_asrv(root, work, fsync=kind is ASRV, tls=tls)
+    if kind is CEILING:
+        if tls is not None:
+            raise ValueError(f"{kind.label} is not run over TLS")
+        return start_ceiling(root, work)
     last_error: ServerError | None = None
     for _attempt in range(3):  # a port found free can be taken before the server binds it
         port = _free_port()
@@ -372,7 +398,8 @@ def _spawn(
         )
 
 
-def _wait_for_asrv_port(server: Running) -> int:
+def _wait_for_reported_port(server: Running) -> int:
+    """The port from the `listening on http://HOST:PORT ` line asrv (or the ceiling) prints."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         match = re.search(r"listening on https?://[^ ]*:(\d+) ", _read(server.stderr_path))
@@ -381,7 +408,7 @@ def _wait_for_asrv_port(server: Running) -> int:
         if server.process.poll() is not None:
             break
         time.sleep(0.02)
-    raise ServerError(f"asrv did not start: {_read(server.stderr_path).strip()}")
+    raise ServerError(f"{server.kind.label} did not start: {_read(server.stderr_path).strip()}")
 
 
 def _wait_for_port(server: Running) -> None:

@@ -1,16 +1,23 @@
-"""Benchmark asrv against nginx, aiohttp and http.server on this machine, with wrk.
+"""Benchmark asrv against its ceiling, nginx, aiohttp and http.server on this machine, with wrk.
 
     python benchmarks/run.py [--seconds 5] [--rounds 3] [--out bench-results/latest.md]
-                             [--case KEY ...]
+                             [--case KEY ...] [--server KEY ...]
 
 Every server runs on 127.0.0.1 on its own port with its own fresh root, one at a time. The
-cells run in interleaved rounds (for each round, for each case: asrv, asrv --no-fsync, nginx,
-aiohttp, http.server), so drift on a shared machine hits all servers alike, and each ratio of
-asrv to a peer is taken within a round before the median over rounds. Each cell reports the
-median req/s with its min-max over rounds, the median p50/p99 latency, and the server's CPU
-time (user + sys from /proc/PID/stat over the wrk run) per request. Then asrv's peak RSS over
-a 1 GiB PUT and a 1 GiB GET. wrk and nginx are installed with apt-get if missing; aiohttp and
-uvloop must be importable (the nox session `bench` installs them).
+cells run in interleaved rounds (for each round, for each case: asrv, asrv --no-fsync, the
+ceiling, nginx, aiohttp, http.server), so drift on a shared machine hits all servers alike,
+and each ratio of asrv to a peer is taken within a round before the median over rounds. Each
+cell reports the median req/s with its min-max over rounds, the median p50/p99 latency, and
+the server's CPU time (user + sys from /proc/PID/stat over the wrk run) per request. Then
+asrv's peak RSS over a 1 GiB PUT and a 1 GiB GET. wrk and nginx are installed with apt-get
+if missing; aiohttp and uvloop must be importable (the nox session `bench` installs them).
+
+The ceiling (`ceiling.py`) is what a server of asrv's shape reaches when its own code costs
+nothing: uvloop, a socket bound as asrv binds it, one protocol that answers a fixed response
+(4 KiB from memory, `file1m` with sendfile, 201 for a PUT) and one log line per request made
+durable by one group-committed fdatasync per loop iteration's batch, before the response; no
+file work. Every asrv case is reported as a share of the ceiling (`asrv ÷ ceiling`) as well as
+of nginx: the distance to the ceiling is what asrv's code costs.
 
 asrv runs in its default (persistent) connection mode in every case: in the
 1 request/connection cases wrk sends `Connection: close`, so asrv closes after each response.
@@ -46,7 +53,9 @@ from bench_servers import (
     ASRV,
     ASRV_NO_FSYNC,
     ASRV_THREADS,
+    CEILING,
     KINDS,
+    NGINX,
     ServerError,
     ServerKind,
     Tls,
@@ -66,7 +75,8 @@ from bench_tools import (
 from bench_wrk import WRK_THREADS, WrkError, WrkResult, run_wrk, write_scripts
 
 SHUTDOWN_LINE = re.compile(r"stopped after (\d+) requests logged in (\d+) log flushes")
-ASRV_USUAL_LINE = re.compile(r"listening on https?://|stopped after \d+ requests")
+USUAL_LINE = re.compile(r"listening on https?://|stopped after \d+ requests")
+LOGGING_KINDS = (ASRV, ASRV_NO_FSYNC, CEILING)  # they say how often they flushed their log
 CELL_OVERHEAD_SECONDS = 1.0  # start, readiness, stop, fresh root: measured on 2 cores
 MEMORY_SECONDS = 15
 
@@ -158,6 +168,7 @@ def main() -> int:
     args = _parse_args()
     signal.signal(signal.SIGTERM, _interrupt)
     cases = [case for case in CASES if args.case is None or case.key in args.case]
+    kinds = [kind for kind in KINDS if args.server is None or kind.key in args.server]
     try:
         ensure_modules()
         tls = any(case.tls for case in cases)
@@ -171,11 +182,11 @@ def main() -> int:
     try:
         certificate = None if openssl is None else make_certificate(openssl, workdir)
         tools = Tools(wrk, nginx, write_scripts(workdir), certificate)
-        cells = {(case.key, kind.key): Cell(case, kind) for case in cases for kind in KINDS}
+        cells = {(case.key, kind.key): Cell(case, kind) for case in cases for kind in kinds}
         _announce(cells, args.seconds, args.rounds)
         for round_number in range(1, args.rounds + 1):
             for case in cases:
-                for kind in KINDS:
+                for kind in kinds:
                     cell = cells[case.key, kind.key]
                     if cell.applicable:
                         _run_cell(cell, round_number, args, tools, workdir)
@@ -218,6 +229,12 @@ def _parse_args() -> argparse.Namespace:
         action="append",
         choices=[case.key for case in CASES],
         help="run only this case (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--server",
+        action="append",
+        choices=[kind.key for kind in KINDS],
+        help="run only this server (repeatable; default: all)",
     )
     return parser.parse_args()
 
@@ -281,9 +298,9 @@ def _run_cell(
             )
             cpu = cpu_seconds(server.pid) - before
         flushes = None
-        if kind in (ASRV, ASRV_NO_FSYNC):
+        if kind in LOGGING_KINDS:
             flushes = flushes_per_1k(server.stopped_output)
-            cell.remarks += _asrv_remarks(server.stopped_output, result, round_number)
+            cell.remarks += _server_remarks(kind, server.stopped_output, result, round_number)
     except (ServerError, WrkError) as error:
         cell.failures.append(f"round {round_number}: {error}")
         print(f"{label}: FAILED: {error}", file=sys.stderr, flush=True)
@@ -313,19 +330,23 @@ def _probe_connection_mode(
         print(f"{label}: WARNING: {remark}", file=sys.stderr, flush=True)
 
 
-def _asrv_remarks(output: str, result: WrkResult, round_number: int) -> list[str]:
-    """Anything unusual asrv said, and a log that holds fewer requests than wrk completed."""
+def _server_remarks(
+    kind: ServerKind, output: str, result: WrkResult, round_number: int
+) -> list[str]:
+    """Anything unusual asrv (or the ceiling) said, and a log that holds fewer requests than
+    wrk completed."""
+    name = kind.key
     remarks = [
-        f"round {round_number}: asrv said: {line.strip()}"
+        f"round {round_number}: {name} said: {line.strip()}"
         for line in output.splitlines()
-        if line.strip() and ASRV_USUAL_LINE.search(line) is None
+        if line.strip() and USUAL_LINE.search(line) is None
     ]
     match = SHUTDOWN_LINE.search(output)
     if match is None:
-        remarks.append(f"round {round_number}: no shutdown line from asrv")
+        remarks.append(f"round {round_number}: no shutdown line from {name}")
     elif int(match[1]) < result.requests:
         remarks.append(
-            f"round {round_number}: asrv logged {match[1]} requests, "
+            f"round {round_number}: {name} logged {match[1]} requests, "
             f"wrk completed {result.requests}"
         )
     return remarks[:5]
@@ -365,11 +386,11 @@ def render(
         f"{_versions(nginx)}; 1-min load average {load[0]:.2f} before, {load[1]:.2f} after",
         "",
         "| case | server | req/s median (min-max) | p50 ms | p99 ms | CPU us/req "
-        "| asrv / this, fsync / no-fsync | log flushes / 1k req | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| asrv / this, fsync / no-fsync | asrv ÷ ceiling | log flushes / 1k req | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(cells, cell) for cell in cells.values()]
-    lines += ["", *_notes(cells, memory, args.rounds)]
+    lines += ["", *_summary(cells), "", *_notes(cells, memory, args.rounds)]
     if load[0] > 1.0:
         lines.append(
             f"- The machine was busy before the run (1-min load average {load[0]:.2f} on "
@@ -382,37 +403,70 @@ def render(
 def _row(cells: dict[tuple[str, str], Cell], cell: Cell) -> str:
     head = f"| {cell.case.title} | {cell.kind.label} "
     if not cell.applicable:
-        return head + "| n/a | n/a | n/a | n/a | n/a | | |"
+        return head + "| n/a | n/a | n/a | n/a | n/a | | | |"
     if not cell.samples:
-        return head + "| failed | | | | | | |"
+        return head + "| failed | | | | | | | |"
     rates = cell.rates()
     rate = f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})"
     p50 = statistics.median(sample.wrk.p50_ms for sample in cell.samples)
     p99 = statistics.median(sample.wrk.p99_ms for sample in cell.samples)
-    cpu = statistics.median(sample.cpu_us_per_request for sample in cell.samples)
+    cpu = _median_cpu(cell)
+    ratio = to_ceiling = flush = ""
     if cell.kind in (ASRV, ASRV_NO_FSYNC):
-        ratio = ""
-        flushes = [s.flushes_per_1k for s in cell.samples if s.flushes_per_1k is not None]
-        flush = f"{statistics.median(flushes):.0f}" if flushes else "?"
+        ceiling = cells.get((cell.case.key, CEILING.key))
+        to_ceiling = "n/a"
+        if ceiling is not None and ceiling.applicable:
+            to_ceiling = _ratio(cell, ceiling)
     else:
         ratio = " / ".join(
-            _ratio(cells[cell.case.key, asrv.key], cell) for asrv in (ASRV, ASRV_NO_FSYNC)
+            _ratio(mine, cell) if (mine := cells.get((cell.case.key, asrv.key))) else "-"
+            for asrv in (ASRV, ASRV_NO_FSYNC)
         )
-        flush = ""
+    if cell.kind in LOGGING_KINDS:
+        flushes = [s.flushes_per_1k for s in cell.samples if s.flushes_per_1k is not None]
+        flush = f"{statistics.median(flushes):.0f}" if flushes else "?"
     return (
-        head + f"| {rate} | {p50:.2f} | {p99:.2f} | {cpu:.0f} | {ratio} | {flush} "
-        f"| {_error_summary(cell)} |"
+        head + f"| {rate} | {p50:.2f} | {p99:.2f} | {cpu:.0f} | {ratio} | {to_ceiling} "
+        f"| {flush} | {_error_summary(cell)} |"
     )
 
 
-def _ratio(asrv: Cell, peer: Cell) -> str:
-    """Median over rounds of asrv's req/s divided by the peer's in the same round."""
+def _median_cpu(cell: Cell) -> float:
+    return statistics.median(sample.cpu_us_per_request for sample in cell.samples)
+
+
+def _ratio(mine: Cell, peer: Cell) -> str:
+    """Median over rounds of `mine`'s req/s divided by the peer's in the same round."""
     ratios = []
     for sample in peer.samples:
-        mine = asrv.rate_in_round(sample.round)
-        if mine is not None and sample.wrk.rate > 0:
-            ratios.append(mine / sample.wrk.rate)
+        rate = mine.rate_in_round(sample.round)
+        if rate is not None and sample.wrk.rate > 0:
+            ratios.append(rate / sample.wrk.rate)
     return f"{statistics.median(ratios):.2f}" if ratios else "?"
+
+
+def _summary(cells: dict[tuple[str, str], Cell]) -> list[str]:
+    """Per case, asrv (fsync) as a share of nginx and of the ceiling, the ceiling's own share
+    of nginx, and the CPU per request asrv spends beyond the ceiling's."""
+    lines = [
+        "| case | asrv ÷ nginx | asrv ÷ ceiling | ceiling ÷ nginx | CPU us/req: asrv - ceiling |",
+        "|---|---|---|---|---|",
+    ]
+    for case in dict.fromkeys(cell.case for cell in cells.values()):
+        asrv = cells.get((case.key, ASRV.key))
+        ceiling = cells.get((case.key, CEILING.key))
+        nginx = cells.get((case.key, NGINX.key))
+        if asrv is None or ceiling is None or not asrv.samples or not ceiling.samples:
+            continue
+        to_nginx = ceiling_to_nginx = "n/a"
+        if nginx is not None and nginx.samples:
+            to_nginx, ceiling_to_nginx = _ratio(asrv, nginx), _ratio(ceiling, nginx)
+        extra = _median_cpu(asrv) - _median_cpu(ceiling)
+        lines.append(
+            f"| {case.title} | {to_nginx} | {_ratio(asrv, ceiling)} | {ceiling_to_nginx} "
+            f"| {extra:.0f} |"
+        )
+    return lines if len(lines) > 2 else []
 
 
 def _error_summary(cell: Cell) -> str:
@@ -442,11 +496,19 @@ def _notes(
         "target, uvloop, no access log. Neither fsyncs nor keeps a log.",
         "- http.server: `python -m http.server`, HTTP/1.0 (closes every connection, also in "
         "the keep-alive cases), GET only: PUT cells are n/a.",
+        "- ceiling: benchmarks/ceiling.py, a bare uvloop protocol on a socket bound as asrv "
+        "binds it; a fixed response per request (GET /file1m: the file by sendfile(2) from a "
+        "descriptor opened at start-up; any other GET: 4 KiB from memory; PUT: 201 once the "
+        "body is read), one log line per request, the lines of each loop iteration written "
+        "and fdatasync'd once on a single thread of its own before their responses; no file "
+        "work. Not run over TLS.",
         *_tls_notes(cells),
         "- asrv / this: asrv's req/s divided by this server's in the same round, median over "
-        "rounds (default asrv / asrv --no-fsync). CPU us/req: user + sys time of the server "
+        "rounds (default asrv / asrv --no-fsync); asrv ÷ ceiling likewise, for the row's asrv. "
+        "CPU us/req: user + sys time of the server "
         "process (with nginx's worker) during the wrk run divided by the requests wrk "
-        "completed (clock tick 10 ms). Log flushes / 1k req: from asrv's shutdown line.",
+        "completed (clock tick 10 ms). Log flushes / 1k req: from asrv's (or the ceiling's) "
+        "shutdown line.",
         f"- Memory: {memory if isinstance(memory, str) else memory.describe()}.",
     ]
     if not isinstance(memory, str) and not memory.ok:
