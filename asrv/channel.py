@@ -25,6 +25,7 @@ from asrv.budget import ReadBudget
 
 _READ = "read"
 _WRITE = "write"
+_CLOSED = "closed"
 
 HIGH_WATER = 256 * 1024
 """Buffered unread bytes at which reading from the socket pauses (memory bound)."""
@@ -351,6 +352,28 @@ class Channel(asyncio.Protocol):
         self._release_budget()
         if self.transport is not None:
             self.transport.close()
+
+    async def close_when_sent(self) -> None:
+        """Close, and wait (at most `timeout`) until what is queued has gone to the kernel
+        and, under TLS, the TLS shutdown has ended: a server that stops right after must not
+        lose the end of a response still in the transport's buffers. A client that takes
+        nothing meanwhile is dropped."""
+        transport = self._transport()
+        pending = not self.lost and (
+            transport.get_write_buffer_size() > 0
+            or transport.get_extra_info("sslcontext") is not None  # close_notify, at least
+        )
+        self.close()
+        if not pending:
+            return
+        deadline = self._loop.time() + self.timeout
+        try:
+            while not self.lost:  # connection_lost wakes any wait
+                await self._wait(deadline - self._loop.time(), _CLOSED)
+        except TimeoutError:
+            self.abort()
+        finally:
+            self._cancel_timer()
 
     def abort(self) -> None:
         self._cancel_timer()

@@ -117,6 +117,7 @@ class Connection:
                     break
             if step is _Step.CLOSE:
                 await self._linger()
+            await self._channel.close_when_sent()
         except asyncio.CancelledError:
             await self._log_cancelled()
             raise

@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -190,6 +191,41 @@ def test_a_closing_response_ends_the_connection_at_once(
     assert server.stop() == 0
     assert site.log_lines() == ["GET,/a,200,0"] * 2 + ["PUT,/b,401,0"] * 5
     assert not (site.root / "b").exists()
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_stop_delivers_the_whole_of_a_closing_response_to_a_slow_reader(
+    tls: bool,
+    loop: str,
+    site: Site,
+    certificate: tuple[Path, Path],
+    spawn_server: Callable[..., Process],
+) -> None:
+    """SIGTERM while a client slowly reads the last response of its connection: the server
+    stops only once the end of it (and, under TLS, close_notify) has left its buffers."""
+    body = os.urandom(8 << 20)
+    (site.root / "big").write_bytes(body)
+    cert, key = certificate
+    options = ["--tls-cert", str(cert), "--tls-key", str(key)] if tls else []
+    server = spawn_server("--loop", loop, "--timeout", "60", *options)
+    raw = socket.create_connection((HOST, server.port), timeout=30)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock = client_context(certificate).wrap_socket(raw, server_hostname=HOST) if tls else raw
+    with sock:
+        sock.sendall(b"GET /big HTTP/1.0\r\n\r\n")
+        received = bytearray()
+        while len(received) < 1 << 20:
+            received += sock.recv(65536)
+        server.popen.send_signal(signal.SIGTERM)
+        while chunk := sock.recv(65536):
+            received += chunk
+            time.sleep(0.001)  # slower than the server writes
+    head, _, got = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert len(got) == len(body) and got == body
+    assert server.popen.wait(30) == 0  # stopped by the one SIGTERM, once it was all sent
+    assert site.log_lines() == ["GET,/big,200,0"]
 
 
 def test_a_stalled_handshake_and_plain_http_are_dropped(site: Site, tls_server: Process) -> None:
