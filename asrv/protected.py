@@ -5,22 +5,30 @@ have."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 FileIdentity = tuple[int, int]
 """(st_dev, st_ino) of a file."""
 
+_PIN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
 
 @dataclass(frozen=True, slots=True)
 class Protected:
     """By identity, the files themselves, under any name (a hard link too); by name, the
-    root's entries that hold them, also once an editor has replaced or removed one."""
+    root's entries that hold them, also once an editor has replaced or removed one.
+
+    An identity is only safe to compare while its inode lives: a filesystem gives the number
+    of a deleted file to the next one created. So each secret's identity is held with an
+    open descriptor (`pins`) until `close`, when a newer set has replaced this one."""
 
     identities: frozenset[FileIdentity] = frozenset()
     names: frozenset[str] = frozenset()
+    pins: tuple[int, ...] = field(default=(), compare=False)
 
     def covers(self, name: str, info: os.stat_result | None) -> bool:
         """Whether the root's entry `name` (found with `info`, or absent) is protected."""
@@ -28,23 +36,34 @@ class Protected:
             return True
         return info is not None and (info.st_dev, info.st_ino) in self.identities
 
+    def close(self) -> None:
+        """Let the pinned inodes go (once nothing compares against this set any more)."""
+        for fd in self.pins:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
 
 def protected_files(
     root: Path, log: FileIdentity | None, secrets: Iterable[Path | None]
 ) -> Protected:
-    """What to protect now: the log, and each secret file that exists, or is named in the
-    root. Read again when the token files are (SIGHUP), as they may be new files."""
+    """What to protect now: the log (which the server holds open), and each secret file
+    that exists, or is named in the root. Read again when the token files are (SIGHUP), as
+    they may be new files. The caller closes the result when done with it."""
     identities = set() if log is None else {log}
     names = set()
+    pins = []
     real_root = os.path.realpath(root)
     for path in secrets:
         if path is None:
             continue
         try:
-            info = os.stat(path)
-            identities.add((info.st_dev, info.st_ino))
+            fd = os.open(path, _PIN_FLAGS)
         except OSError:
             pass  # a token file gone since the start: its old tokens stay, its name below
+        else:
+            pins.append(fd)
+            info = os.fstat(fd)
+            identities.add((info.st_dev, info.st_ino))
         if os.path.realpath(os.path.dirname(os.path.abspath(path))) == real_root:
             names.add(os.path.basename(path))
-    return Protected(frozenset(identities), frozenset(names))
+    return Protected(frozenset(identities), frozenset(names), tuple(pins))

@@ -101,7 +101,9 @@ class Server:
         tokens) and warnings."""
         problems = self._access.reload()
         if self._store is not None:
-            self._store.protect(self._protected_files())  # the files may be new ones
+            # The files may be new ones. The old set's pins go once it is replaced: a
+            # request still comparing against it only reads its numbers.
+            self._store.protect(self._protected_files()).close()
         return problems
 
     @property
@@ -218,6 +220,8 @@ class Server:
             metadata_in_order=journals_metadata_in_order(root_fd),
             committed_by_log=one_commit,
         )
+        # After the workers are joined (callbacks run last first): the secrets' pins go.
+        self._resources.callback(lambda: store.protect(Protected()).close())
         try:
             self._pool.start(settle=lambda: log.sync(log.last_seq))
         except RuntimeError as error:

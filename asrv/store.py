@@ -139,10 +139,11 @@ class Store:
         self._sync_data = sync_data
         self._protected = protected or Protected()
 
-    def protect(self, protected: Protected) -> None:
-        """From now on, refuse these files (403); one assignment, read by the workers as a
-        whole."""
-        self._protected = protected
+    def protect(self, protected: Protected) -> Protected:
+        """From now on, refuse these files (403); returns the set this one replaces. One
+        assignment: each request reads the set once, as a whole."""
+        replaced, self._protected = self._protected, protected
+        return replaced
 
     def record(self, line: RequestLine, status: Status, request_id: str) -> int:
         """Log a request that does no file work (a 400, 501 or 505); returns its seq."""
@@ -371,6 +372,9 @@ class Store:
         )
 
     def _open_for_get(self, filename: str, conditions: Conditions | None, head: bool) -> GetResult:
+        protected = self._protected
+        if filename in protected.names:  # also while the secret is absent, as for a PUT
+            return GetResult(Status.FORBIDDEN, 0, Status.FORBIDDEN.body)
         try:
             fd = os.open(filename, _READ_FLAGS, dir_fd=self._root)
         except FileNotFoundError:
@@ -379,7 +383,7 @@ class Store:
             return _error_result(error)
         try:
             info = os.fstat(fd)
-            if not self._may_serve(filename, info):
+            if not _may_serve(protected, filename, info):
                 os.close(fd)
                 return GetResult(Status.FORBIDDEN, 0, Status.FORBIDDEN.body)
             if conditions is None and not head:
@@ -404,7 +408,8 @@ class Store:
         its effect: 201 (absent, for a PUT) or 404 (for a DELETE), 200 (present), 403, 500,
         or 412 when its conditions fail; and the current ETag when the conditions needed it.
         Preconditions apply only where the plain request would succeed (RFC 9110 §13.2.1)."""
-        if filename in self._protected.names:
+        protected = self._protected
+        if filename in protected.names:
             return Status.FORBIDDEN, None
         try:
             info = os.stat(filename, dir_fd=self._root, follow_symlinks=False)
@@ -416,7 +421,7 @@ class Store:
             return Status.PRECONDITION_FAILED, None
         except OSError as error:
             return _error_status(error), None
-        if not self._may_serve(filename, info):
+        if not _may_serve(protected, filename, info):
             return Status.FORBIDDEN, None
         if conditions is None:
             return Status.OK, None
@@ -439,9 +444,10 @@ class Store:
         finally:
             os.close(fd)
 
-    def _may_serve(self, filename: str, info: os.stat_result) -> bool:
-        """A regular file that is neither the audit log nor a secret of the server's."""
-        return stat.S_ISREG(info.st_mode) and not self._protected.covers(filename, info)
+
+def _may_serve(protected: Protected, filename: str, info: os.stat_result) -> bool:
+    """A regular file that is neither the audit log nor a secret of the server's."""
+    return stat.S_ISREG(info.st_mode) and not protected.covers(filename, info)
 
 
 def _decide_get(

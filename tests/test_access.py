@@ -5,6 +5,7 @@ every refusal in the audit log and no token anywhere but in the requests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import os
 import signal
@@ -392,6 +393,9 @@ def test_secrets_kept_in_the_root_are_never_served_replaced_or_deleted(
     assert [status("PUT", name, WRITER, b"planted\n") for name in secrets] == [403] * 5
     assert [status("DELETE", name, WRITER) for name in secrets] == [403] * 5
     assert status("GET", "open.txt", READER) == 200
+    # A secret the server no longer needs, removed: its name is still refused.
+    cert.unlink()
+    assert [status(method, "cert.pem", WRITER) for method in ("GET", "HEAD", "PUT")] == [403] * 3
     # An editor's save: a new file under the old name, holding a new token.
     readers.unlink()
     token_file(readers, "r-new-reader-token")
@@ -400,10 +404,24 @@ def test_secrets_kept_in_the_root_are_never_served_replaced_or_deleted(
     assert status("GET", "open.txt", "r-new-reader-token") == 200
     assert status("GET", "readers.txt", WRITER) == 403
     assert status("PUT", "readers.txt", WRITER, b"planted\n") == 403
+    for _ in range(3):
+        os.kill(server.pid, signal.SIGHUP)
+
+    def files_held_in_the_root() -> list[str]:
+        held = []
+        for fd in os.listdir(f"/proc/{server.pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+                held.append(os.readlink(f"/proc/{server.pid}/fd/{fd}"))
+        return sorted(link for link in held if link.startswith(f"{site.root.resolve()}/"))
+
+    # Each secret held open once (its inode number cannot go to another file), the removed
+    # certificate no longer, and no older set's pins left behind.
+    held = [str(site.root.resolve() / name) for name in ("key.pem", "readers.txt", "writers.txt")]
+    assert wait_until(lambda: files_held_in_the_root() == held, 10), files_held_in_the_root()
     assert server.stop() == 0
     assert readers.read_text().endswith("\nr-new-reader-token\n")
     assert key.read_bytes() == certificate[1].read_bytes()
-    assert [line.rsplit(",", 2)[1] for line in site.log_lines()].count("403") == 22
+    assert [line.rsplit(",", 2)[1] for line in site.log_lines()].count("403") == 25
 
 
 def test_the_start_up_line_names_the_loopback_address(site: Site) -> None:

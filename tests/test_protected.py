@@ -18,6 +18,7 @@ def test_secrets_in_the_root_are_protected_by_name_and_identity(tmp_path: Path) 
     outside.write_text("k\n")
     os.link(outside, root / "linked.pem")
     protected = protected_files(tmp_path / "via", None, [token, outside, root / "gone.txt", None])
+    assert len(protected.pins) == 2
     assert protected.names == {"tokens.txt", "gone.txt"}  # not key.pem: it is not in the root
     linked = os.stat(root / "linked.pem")
     assert protected.covers("linked.pem", linked)  # the key under another name
@@ -26,6 +27,23 @@ def test_secrets_in_the_root_are_protected_by_name_and_identity(tmp_path: Path) 
     other.write_text("o\n")
     assert not protected.covers("other.txt", os.stat(other))
     assert not protected.covers("missing.txt", None)
+    protected.close()
+
+
+def test_a_deleted_secrets_inode_number_goes_to_no_other_file(tmp_path: Path) -> None:
+    """The set holds each secret open: were its inode freed, the filesystem would give its
+    number to the next file created, which would then be refused as the secret."""
+    secret = tmp_path / "tokens.txt"
+    secret.write_text("t\n")
+    protected = protected_files(tmp_path / "root", None, [secret])
+    secret.unlink()
+    try:
+        for n in range(20):
+            new = tmp_path / f"new-{n}"
+            new.write_text("n\n")
+            assert not protected.covers(new.name, os.stat(new))
+    finally:
+        protected.close()
 
 
 def test_the_log_is_protected_by_identity(tmp_path: Path) -> None:
