@@ -50,6 +50,7 @@ from types import FrameType
 
 from bench_memory import MemoryResult, measure
 from bench_servers import (
+    AIOHTTP,
     ASRV,
     ASRV_NO_FSYNC,
     ASRV_THREADS,
@@ -122,6 +123,28 @@ CASES = (
         "get1m-ka-tls", "GET 1 MiB over TLS, keep-alive, 16 clients", "/file1m", 16, True, tls=True
     ),
 )
+
+
+@dataclass(frozen=True)
+class Target:
+    """asrv (fsync on) at least `share` of a peer's req/s in one case (issue's targets)."""
+
+    case: str
+    peer: ServerKind
+    share: float
+
+
+TARGETS = (
+    Target("get4k-close", NGINX, 0.5),
+    Target("get4k-close", AIOHTTP, 5.0),
+    Target("get4k-ka", NGINX, 0.5),
+    Target("get4k-ka", AIOHTTP, 8.0),
+    Target("put4k-close", NGINX, 0.6),
+    Target("put4k-close", AIOHTTP, 1.0),
+    Target("get1m-ka", NGINX, 1.2),
+)
+MOST_FLUSHES_PER_1K_GETS = 20  # at 64 keep-alive clients
+MOST_MEMORY_MIB = 100  # over a 1 GiB PUT and GET
 
 
 @dataclass(frozen=True)
@@ -390,7 +413,8 @@ def render(
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(cells, cell) for cell in cells.values()]
-    lines += ["", *_summary(cells), "", *_notes(cells, memory, args.rounds)]
+    lines += ["", *_summary(cells), "", *_targets(cells, memory)]
+    lines += ["", *_notes(cells, memory, args.rounds)]
     if load[0] > 1.0:
         lines.append(
             f"- The machine was busy before the run (1-min load average {load[0]:.2f} on "
@@ -437,12 +461,52 @@ def _median_cpu(cell: Cell) -> float:
 
 def _ratio(mine: Cell, peer: Cell) -> str:
     """Median over rounds of `mine`'s req/s divided by the peer's in the same round."""
+    ratio = _ratio_value(mine, peer)
+    return "?" if ratio is None else f"{ratio:.2f}"
+
+
+def _ratio_value(mine: Cell, peer: Cell) -> float | None:
     ratios = []
     for sample in peer.samples:
         rate = mine.rate_in_round(sample.round)
         if rate is not None and sample.wrk.rate > 0:
             ratios.append(rate / sample.wrk.rate)
-    return f"{statistics.median(ratios):.2f}" if ratios else "?"
+    return statistics.median(ratios) if ratios else None
+
+
+def _targets(cells: dict[tuple[str, str], Cell], memory: MemoryResult | str) -> list[str]:
+    """Each target of the performance work, met or missed in this run (cases not run are
+    left out)."""
+    lines = ["| target | this run | |", "|---|---|---|"]
+    titles = {case.key: case.title for case in CASES}
+    for target in TARGETS:
+        asrv, peer = cells.get((target.case, ASRV.key)), cells.get((target.case, target.peer.key))
+        if asrv is None or peer is None:
+            continue
+        ratio = _ratio_value(asrv, peer)
+        verdict = "?" if ratio is None else ("met" if ratio >= target.share else "missed")
+        shown = "?" if ratio is None else f"{ratio:.2f}"
+        lines.append(
+            f"| {titles[target.case]}: asrv ≥ {target.share:g} x {target.peer.label} "
+            f"| {shown} | {verdict} |"
+        )
+    keep_alive = cells.get(("get4k-ka", ASRV.key))
+    if keep_alive is not None:
+        flushes = [s.flushes_per_1k for s in keep_alive.samples if s.flushes_per_1k is not None]
+        if flushes:
+            median = statistics.median(flushes)
+            verdict = "met" if median <= MOST_FLUSHES_PER_1K_GETS else "missed"
+            lines.append(
+                f"| {titles['get4k-ka']}: ≤ {MOST_FLUSHES_PER_1K_GETS} log flushes per 1,000 "
+                f"GETs | {median:.0f} | {verdict} |"
+            )
+    if not isinstance(memory, str):
+        peak = max(memory.after_put_kib, memory.after_get_kib) / 1024
+        verdict = "met" if peak < MOST_MEMORY_MIB else "missed"
+        lines.append(
+            f"| 1 GiB PUT then GET: peak RSS < {MOST_MEMORY_MIB} MiB | {peak:.1f} MiB | {verdict} |"
+        )
+    return lines if len(lines) > 2 else []
 
 
 def _summary(cells: dict[tuple[str, str], Cell]) -> list[str]:
