@@ -16,6 +16,7 @@ import fcntl
 import math
 import os
 import socket
+import struct
 import termios
 from collections import deque
 from collections.abc import Callable
@@ -29,6 +30,9 @@ _CLOSED = "closed"
 
 HIGH_WATER = 256 * 1024
 """Buffered unread bytes at which reading from the socket pauses (memory bound)."""
+
+_BYTES_ACKED_OFFSET = 120
+"""Where `struct tcp_info` (linux/tcp.h, since Linux 4.1) holds tcpi_bytes_acked, a u64."""
 
 # sendfile(2) errors that mean "not with this file or socket", before any byte went out.
 _SENDFILE_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK}
@@ -232,7 +236,15 @@ class Channel(asyncio.Protocol):
                 remaining = stall_deadline - self._loop.time()
                 if remaining <= 0:
                     raise ClientGone("client stopped reading") from None
-                await self._wait_writable(side.fileno(), remaining)
+                taken = self._taken()
+                try:
+                    await self._wait_writable(side.fileno(), remaining)
+                except ClientGone:
+                    if self._taken() <= taken:
+                        raise
+                    # The client took bytes, if too few yet to make the socket writable
+                    # (a third of its buffer free): a slow reader is no stalled one.
+                    stall_deadline = self._loop.time() + self.timeout
                 continue
             except OSError as error:
                 if sent == 0 and error.errno in _SENDFILE_UNSUPPORTED:
@@ -311,16 +323,33 @@ class Channel(asyncio.Protocol):
         """Wait while `behind()` holds, failing only when the client stalls: ClientGone
         if the transport handed no byte to the kernel for `timeout` seconds,
         ConnectionError if the connection is gone."""
-        transport = self._transport()
         while behind() and not self.lost:
-            unsent = transport.get_write_buffer_size()
+            taken = self._taken()
             try:
                 await self._wait(self.timeout, _WRITE)
             except TimeoutError:
-                if transport.get_write_buffer_size() >= unsent:
+                if self._taken() <= taken:
                     raise ClientGone("client stopped reading") from None
         if self.lost:
             raise ConnectionResetError("connection lost")
+
+    def _taken(self) -> int:
+        """A count that grows whenever the client takes bytes: the bytes it acknowledged
+        (TCP_INFO's tcpi_bytes_acked). It moves on while a slow reader frees less of the
+        socket's buffer than the third the kernel waits for before it reports the socket
+        writable (or the transport drains), which can take longer than `timeout`. Where
+        that cannot be read, the transport's buffer shrinking counts instead."""
+        transport = self._transport()
+        transport_socket = None if self.lost else transport.get_extra_info("socket")
+        if transport_socket is not None:
+            try:
+                info = transport_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+            except OSError:
+                info = b""
+            if len(info) >= _BYTES_ACKED_OFFSET + 8:
+                acked: int = struct.unpack_from("=Q", info, _BYTES_ACKED_OFFSET)[0]
+                return acked
+        return -transport.get_write_buffer_size()
 
     async def _wait_writable(self, watch_fd: int, seconds: float) -> None:
         """Wait until the socket takes bytes again; ClientGone after `seconds`.
@@ -354,24 +383,36 @@ class Channel(asyncio.Protocol):
             self.transport.close()
 
     async def close_when_sent(self) -> None:
-        """Close, and wait (at most `timeout`) until what is queued has gone to the kernel
-        and, under TLS, the TLS shutdown has ended: a server that stops right after must not
-        lose the end of a response still in the transport's buffers. A client that takes
-        nothing meanwhile is dropped."""
+        """Close, and wait until what is queued has gone to the kernel and, under TLS, the
+        TLS shutdown has ended: a server that stops right after must not lose the end of a
+        response still in the transport's buffers. A client that takes nothing for
+        `timeout` seconds is dropped; one that reads slowly is not."""
+        if self.lost:
+            self.close()
+            return
         transport = self._transport()
-        pending = not self.lost and (
-            transport.get_write_buffer_size() > 0
-            or transport.get_extra_info("sslcontext") is not None  # close_notify, at least
-        )
+        tls = transport.get_extra_info("sslcontext") is not None
+        if tls:
+            # The loop's TLS shutdown bounds its whole flush by ssl_shutdown_timeout, however
+            # steadily the client reads: it gets only what is left once the rest is taken.
+            try:
+                await self._drain()
+            except (ClientGone, ConnectionError):
+                self.abort()
+                return
+        pending = tls or transport.get_write_buffer_size() > 0  # close_notify, at least
         self.close()
         if not pending:
             return
-        deadline = self._loop.time() + self.timeout
         try:
             while not self.lost:  # connection_lost wakes any wait
-                await self._wait(deadline - self._loop.time(), _CLOSED)
-        except TimeoutError:
-            self.abort()
+                taken = self._taken()
+                try:
+                    await self._wait(self.timeout, _CLOSED)
+                except TimeoutError:
+                    if self._taken() <= taken:
+                        self.abort()
+                        return
         finally:
             self._cancel_timer()
 

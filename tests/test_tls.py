@@ -228,6 +228,40 @@ def test_a_stop_delivers_the_whole_of_a_closing_response_to_a_slow_reader(
     assert site.log_lines() == ["GET,/big,200,0"]
 
 
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+def test_a_slow_but_steady_reader_is_not_taken_for_a_stalled_one(
+    tls: bool,
+    site: Site,
+    certificate: tuple[Path, Path],
+    spawn_server: Callable[..., Process],
+) -> None:
+    """--timeout 1 and a client that takes 100 KiB every 0.1 s of a 6 MB response: the
+    kernel reports the socket writable only once a third of its (megabytes of) buffer is
+    free, which takes longer than the timeout, but the client takes bytes all along."""
+    body = os.urandom(6_000_000)
+    (site.root / "big").write_bytes(body)
+    cert, key = certificate
+    options = ["--tls-cert", str(cert), "--tls-key", str(key)] if tls else []
+    server = spawn_server("--timeout", "1", *options)
+    raw = socket.create_connection((HOST, server.port), timeout=30)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+    sock = client_context(certificate).wrap_socket(raw, server_hostname=HOST) if tls else raw
+    received = bytearray()
+    with sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\n\r\n")
+        while not received.endswith(body[-100:]):
+            tick = len(received) + 100 * 1024  # about 1 MB/s: 100 KiB, then a pause
+            while len(received) < tick and not received.endswith(body[-100:]):
+                chunk = sock.recv(100 * 1024)
+                assert chunk, f"the connection ended after {len(received)} bytes"
+                received += chunk
+            time.sleep(0.1)
+    got = bytes(received).partition(b"\r\n\r\n")[2]
+    assert len(got) == len(body) and got == body, f"{len(got)} of {len(body)} bytes"
+    assert server.stop() == 0
+    assert site.log_lines() == ["GET,/big,200,0"]
+
+
 def test_a_stalled_handshake_and_plain_http_are_dropped(site: Site, tls_server: Process) -> None:
     stalled = socket.create_connection((HOST, tls_server.port))
     plain = socket.create_connection((HOST, tls_server.port))
