@@ -459,7 +459,8 @@ class Connection:
         # A client still sending must not meet that shutdown, which answers its data with
         # an alert and a reset: its end is awaited first, as without TLS.
         self._channel.finish_sending()
-        if self._consumed and not self._has_next():
+        # The course's server reads and ignores whatever follows, until the client closes.
+        if self._consumed and not self._has_next() and not self._config.course:
             return
         deadline = self._channel.now() + self._config.timeout
         with contextlib.suppress(TimeoutError):

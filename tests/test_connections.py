@@ -291,3 +291,22 @@ async def test_shutdown_closes_idle_connections_at_once(
         assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
     assert site.log_lines() == ["GET,/a,200,0"]
+
+
+async def test_the_course_server_reads_what_follows_its_response_until_the_client_closes(
+    site: Site, running_server: ServerFactory
+) -> None:
+    """SPEC: after the course's one request, bytes that follow are read and ignored until
+    the client closes: sending more after the response meets no reset."""
+    (site.root / "a").write_bytes(b"A\n")
+    async with running_server(course=True, timeout=30) as server:
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"GET /a HTTP/1.1\r\n\r\n")
+        assert await asyncio.wait_for(reader.read(), 10) == response(200, "OK", b"A\n")
+        for _ in range(3):
+            await asyncio.sleep(0.3)  # time for a reset, had the server closed its end
+            writer.write(b"ignored bytes\r\n")
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    assert site.log_lines() == ["GET,/a,200,0"]
