@@ -119,7 +119,8 @@ class Server:
             if isinstance(source, Path)
         ]
         secrets = [*token_files, config.tls_cert, config.tls_key]
-        return protected_files(config.root, self._log_identity, secrets)
+        previous = None if self._store is None else self._store.protected
+        return protected_files(config.root, self._log_identity, secrets, previous)
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -391,6 +392,10 @@ async def serve(
             trigger.result()  # the trigger failed: raise that, after the graceful close
 
 
+TLS_SHUTDOWN_LIMIT = 60.0
+"""Seconds the loop's TLS shutdown may take at most (flush, close_notify, the client's)."""
+
+
 class _TlsOptions(TypedDict, total=False):
     """The loop's keyword arguments for accepting TLS connections."""
 
@@ -401,14 +406,17 @@ class _TlsOptions(TypedDict, total=False):
 
 def _tls_options(config: Config) -> _TlsOptions:
     """The loop's TLS arguments for accepting connections; none for plain HTTP. A client
-    that stalls in the handshake, or in closing it, is dropped after `timeout`."""
+    that stalls in the handshake is dropped after `timeout`."""
     context = server_context(config)
     if context is None:
         return {}
     return {
         "ssl": context,
         "ssl_handshake_timeout": config.timeout,
-        "ssl_shutdown_timeout": config.timeout,
+        # The loop's TLS shutdown bounds its whole flush, however steadily the client takes
+        # it: a connection ending after a response waits for it itself, bounded by progress
+        # (`Channel.close_when_sent`), so this is only the outer limit.
+        "ssl_shutdown_timeout": max(config.timeout, TLS_SHUTDOWN_LIMIT),
     }
 
 
