@@ -29,6 +29,9 @@ class Protected:
     identities: frozenset[FileIdentity] = frozenset()
     names: frozenset[str] = frozenset()
     pins: tuple[int, ...] = field(default=(), compare=False)
+    files: tuple[tuple[str, FileIdentity, int], ...] = field(default=(), compare=False)
+    """Each secret's absolute path, identity and pin: for the next set, should the path be
+    unreadable then."""
 
     def covers(self, name: str, info: os.stat_result | None) -> bool:
         """Whether the root's entry `name` (found with `info`, or absent) is protected."""
@@ -44,26 +47,48 @@ class Protected:
 
 
 def protected_files(
-    root: Path, log: FileIdentity | None, secrets: Iterable[Path | None]
+    root: Path,
+    log: FileIdentity | None,
+    secrets: Iterable[Path | None],
+    previous: Protected | None = None,
 ) -> Protected:
     """What to protect now: the log (which the server holds open), and each secret file
     that exists, or is named in the root. Read again when the token files are (SIGHUP), as
-    they may be new files. The caller closes the result when done with it."""
+    they may be new files. A secret that cannot be opened now (gone, or no descriptor left)
+    keeps what `previous` knew of it: its tokens may still be in force, and so may a hard
+    link to it. The caller closes the result when done with it."""
     identities = set() if log is None else {log}
     names = set()
-    pins = []
+    pins: list[int] = []
+    files: list[tuple[str, FileIdentity, int]] = []
+    known = {path: (identity, pin) for path, identity, pin in previous.files} if previous else {}
     real_root = os.path.realpath(root)
     for path in secrets:
         if path is None:
             continue
+        key = os.path.abspath(path)
+        fd: int | None
         try:
             fd = os.open(path, _PIN_FLAGS)
         except OSError:
-            pass  # a token file gone since the start: its old tokens stay, its name below
-        else:
-            pins.append(fd)
+            fd = _carried(known.get(key))
+        if fd is not None:
             info = os.fstat(fd)
-            identities.add((info.st_dev, info.st_ino))
-        if os.path.realpath(os.path.dirname(os.path.abspath(path))) == real_root:
+            identity = (info.st_dev, info.st_ino)
+            pins.append(fd)
+            files.append((key, identity, fd))
+            identities.add(identity)
+        if os.path.realpath(os.path.dirname(key)) == real_root:
             names.add(os.path.basename(path))
-    return Protected(frozenset(identities), frozenset(names), tuple(pins))
+    return Protected(frozenset(identities), frozenset(names), tuple(pins), tuple(files))
+
+
+def _carried(known: tuple[FileIdentity, int] | None) -> int | None:
+    """A descriptor of its own on a secret the previous set held, if it did (and if one
+    is left)."""
+    if known is None:
+        return None
+    try:
+        return os.dup(known[1])
+    except OSError:
+        return None

@@ -139,6 +139,11 @@ class Store:
         self._sync_data = sync_data
         self._protected = protected or Protected()
 
+    @property
+    def protected(self) -> Protected:
+        """The files refused now."""
+        return self._protected
+
     def protect(self, protected: Protected) -> Protected:
         """From now on, refuse these files (403); returns the set this one replaces. One
         assignment: each request reads the set once, as a whole."""

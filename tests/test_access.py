@@ -415,8 +415,11 @@ def test_secrets_kept_in_the_root_are_never_served_replaced_or_deleted(
         return sorted(link for link in held if link.startswith(f"{site.root.resolve()}/"))
 
     # Each secret held open once (its inode number cannot go to another file), the removed
-    # certificate no longer, and no older set's pins left behind.
-    held = [str(site.root.resolve() / name) for name in ("key.pem", "readers.txt", "writers.txt")]
+    # certificate too (a hard link to it elsewhere would stay refused), and no pin of an
+    # older set left behind: the replaced read-token file's is gone.
+    root = site.root.resolve()
+    live = ("key.pem", "readers.txt", "writers.txt")
+    held = [f"{root}/cert.pem (deleted)", *(f"{root}/{name}" for name in live)]
     assert wait_until(lambda: files_held_in_the_root() == held, 10), files_held_in_the_root()
     assert server.stop() == 0
     assert readers.read_text().endswith("\nr-new-reader-token\n")

@@ -53,3 +53,21 @@ def test_the_log_is_protected_by_identity(tmp_path: Path) -> None:
     protected = protected_files(tmp_path, (info.st_dev, info.st_ino), [])
     assert protected.names == frozenset()
     assert protected.covers("any-name", info)
+
+
+def test_a_secret_that_cannot_be_opened_now_keeps_its_identity(tmp_path: Path) -> None:
+    """On SIGHUP a token file may be gone (its old tokens stay in force) or the server out
+    of descriptors: a hard link to it elsewhere stays refused."""
+    root = tmp_path / "root"
+    root.mkdir()
+    secret = tmp_path / "tokens.txt"
+    secret.write_text("t\n")
+    os.link(secret, root / "linked.txt")
+    first = protected_files(root, None, [secret])
+    secret.unlink()
+    second = protected_files(root, None, [secret], first)
+    first.close()
+    try:
+        assert second.covers("linked.txt", os.stat(root / "linked.txt"))
+    finally:
+        second.close()
