@@ -28,10 +28,14 @@ class Protected:
 
     identities: frozenset[FileIdentity] = frozenset()
     names: frozenset[str] = frozenset()
-    pins: tuple[int, ...] = field(default=(), compare=False)
     files: tuple[tuple[str, FileIdentity, int], ...] = field(default=(), compare=False)
     """Each secret's absolute path, identity and pin: for the next set, should the path be
     unreadable then."""
+
+    @property
+    def pins(self) -> tuple[int, ...]:
+        """The descriptors that hold the secrets."""
+        return tuple(pin for _path, _identity, pin in self.files)
 
     def covers(self, name: str, info: os.stat_result | None) -> bool:
         """Whether the root's entry `name` (found with `info`, or absent) is protected."""
@@ -59,7 +63,6 @@ def protected_files(
     link to it. The caller closes the result when done with it."""
     identities = set() if log is None else {log}
     names = set()
-    pins: list[int] = []
     files: list[tuple[str, FileIdentity, int]] = []
     known = {path: (identity, pin) for path, identity, pin in previous.files} if previous else {}
     real_root = os.path.realpath(root)
@@ -75,12 +78,11 @@ def protected_files(
         if fd is not None:
             info = os.fstat(fd)
             identity = (info.st_dev, info.st_ino)
-            pins.append(fd)
             files.append((key, identity, fd))
             identities.add(identity)
         if os.path.realpath(os.path.dirname(key)) == real_root:
             names.add(os.path.basename(path))
-    return Protected(frozenset(identities), frozenset(names), tuple(pins), tuple(files))
+    return Protected(frozenset(identities), frozenset(names), tuple(files))
 
 
 def _carried(known: tuple[FileIdentity, int] | None) -> int | None:
