@@ -979,6 +979,29 @@ def test_trace_shows_each_delete_unlink_after_its_line_is_durable(
         assert any(gone.end < sync.begin and sync.end < intent_gone.begin for sync in dir_syncs)
 
 
+def traced_puts(
+    site: Site,
+    traced_server: Callable[..., Traced],
+    tmp_path: Path,
+    syscalls: str,
+    names: list[str],
+    body: bytes,
+) -> list[Call]:
+    """A server traced for `syscalls` creates each of `names` with `body`, at once, then
+    stops: the calls of its trace."""
+    trace = tmp_path / "trace"
+    options = ["-yy", "-s", "4096", "-e", f"trace={syscalls}", "-o", str(trace)]
+    server = traced_server(options, on=site)
+
+    async def load() -> list[bytes]:
+        return await asyncio.gather(*(put(server.port, name, body, name) for name in names))
+
+    assert asyncio.run(load()) == [response(201, "Created")] * len(names)
+    server.signal(signal.SIGTERM)
+    assert server.wait(10) == 0
+    return parse_trace(trace.read_text())
+
+
 def test_trace_shows_each_etag_stamp_durable_before_its_put_line(
     any_site: Site, traced_server: Callable[..., Traced], tmp_path: Path
 ) -> None:
@@ -987,19 +1010,9 @@ def test_trace_shows_each_etag_stamp_durable_before_its_put_line(
     metadata in order, so that the root's fsync covers it, the stamped file is fsync'd
     before the PUT's line is written."""
     site = any_site
-    trace = tmp_path / "trace"
-    syscalls = "write,fsync,fdatasync,fsetxattr,utimensat"
-    options = ["-yy", "-s", "4096", "-e", f"trace={syscalls}", "-o", str(trace)]
-    server = traced_server(options, on=site)
     names = [f"p{n}" for n in range(8)]
-
-    async def load() -> list[bytes]:
-        return await asyncio.gather(*(put(server.port, name, b"x" * 100, name) for name in names))
-
-    assert asyncio.run(load()) == [response(201, "Created")] * len(names)
-    server.signal(signal.SIGTERM)
-    assert server.wait(10) == 0
-    calls = parse_trace(trace.read_text())
+    syscalls = "write,fsync,fdatasync,fsetxattr,utimensat"
+    calls = traced_puts(site, traced_server, tmp_path, syscalls, names, b"x" * 100)
     log_path = str(site.log.resolve())
     root = str(site.root.resolve())
     for name in names:
@@ -1026,19 +1039,9 @@ def test_trace_shows_each_upload_settled_before_its_put_line(
     sync_file_range, and nothing else of the root is synced; elsewhere each upload is
     fdatasync'd and the root fsync'd before the line is written."""
     site = any_site
-    trace = tmp_path / "trace"
-    syscalls = "write,fsync,fdatasync,sync_file_range"
-    options = ["-yy", "-s", "4096", "-e", f"trace={syscalls}", "-o", str(trace)]
-    server = traced_server(options, on=site)
     names = [f"p{n}" for n in range(8)]
-
-    async def load() -> list[bytes]:
-        return await asyncio.gather(*(put(server.port, name, b"x" * 5000, name) for name in names))
-
-    assert asyncio.run(load()) == [response(201, "Created")] * len(names)
-    server.signal(signal.SIGTERM)
-    assert server.wait(10) == 0
-    calls = parse_trace(trace.read_text())
+    syscalls = "write,fsync,fdatasync,sync_file_range"
+    calls = traced_puts(site, traced_server, tmp_path, syscalls, names, b"x" * 5000)
     log_path = str(site.log.resolve())
     upload = re.compile(rf"{re.escape(str(site.root.resolve()))}/\.asrv_upload_.*")
     commits = log_commits_root(site)

@@ -87,7 +87,17 @@ def run_block(
 ) -> subprocess.CompletedProcess[str]:
     """Runs a shell block with `bash -e` in its own process group, and ends whatever it left
     running (a server it put in the background) by that group."""
-    shell = subprocess.Popen(
+    shell = start_block(text, cwd, env)
+    try:
+        out, err = shell.communicate(timeout=timeout)
+    finally:
+        end_group(shell.pid)
+    return subprocess.CompletedProcess(shell.args, shell.returncode, out, err)
+
+
+def start_block(text: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`bash -e -c text` in a process group of its own, its output in pipes."""
+    return subprocess.Popen(
         ["bash", "-e", "-c", text],
         cwd=cwd,
         env=env,
@@ -96,11 +106,6 @@ def run_block(
         text=True,
         start_new_session=True,
     )
-    try:
-        out, err = shell.communicate(timeout=timeout)
-    finally:
-        end_group(shell.pid)
-    return subprocess.CompletedProcess(shell.args, shell.returncode, out, err)
 
 
 def end_group(leader: int) -> None:
@@ -145,15 +150,7 @@ def quick_start(clone: Path, user_env: dict[str, str]) -> Iterator[subprocess.Po
     standard error)."""
     need_ports(8080)
     (clone / "a.txt").write_text("a file to try the examples on\n" * 10)
-    server = subprocess.Popen(
-        ["bash", "-e", "-c", quick_start_line()],
-        cwd=clone,
-        env=user_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    server = start_block(quick_start_line(), clone, user_env)
     try:
         assert server.stdout is not None
         lines: list[str] = []
